@@ -1,0 +1,192 @@
+//! Command-line flags. Every flag can also come from an environment variable `CHUNKD_*`, and its
+//! doc comment is what `--help` prints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// chunkd: a resumable-upload server for Resumable.js, Flow.js and the Twake Files API, keeping
+/// every byte encrypted at rest.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chunkd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Everything a running server needs to know.
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    pub net: NetConfig,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Where and how chunkd answers.
+#[derive(Args, Debug, Clone)]
+pub struct NetConfig {
+    /// Address to listen on, IP:PORT. Port 0 picks a free port; the real one is printed.
+    #[arg(long, env = "CHUNKD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Path of the chunk endpoint (GET probes, POST chunks); `<path>/status` gives an upload's
+    /// state. Must start with `/` and may not be `/`, `/files` or under it.
+    #[arg(long, env = "CHUNKD_UPLOAD_PATH", default_value = "/upload", value_parser = parse_upload_path)]
+    pub upload_path: String,
+
+    /// Origins allowed to call chunkd from a browser page (CORS), comma-separated, such as
+    /// `https://app.example.com`. `*` allows any origin, without credentials. By default only
+    /// pages served by chunkd itself (same origin) may upload.
+    #[arg(long = "cors-origin", env = "CHUNKD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Directory of static files served at `/` (the demo page).
+    #[arg(long, env = "CHUNKD_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+
+    /// Most connections served at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "CHUNKD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Time a client has to send its request headers, in seconds (against slow clients).
+    #[arg(long, env = "CHUNKD_HEADER_TIMEOUT", default_value = "30", value_parser = parse_secs)]
+    pub header_timeout: Duration,
+
+    /// On SIGTERM or SIGINT, time in seconds that requests in flight get to finish.
+    #[arg(long, env = "CHUNKD_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_secs)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where the bytes live and how hard chunkd works to keep them.
+#[derive(Args, Debug, Clone)]
+pub struct StorageConfig {
+    /// Data directory: holds the SQLite index, the encrypted spool and (by default) the key file.
+    #[arg(long, env = "CHUNKD_DATA", default_value = "./chunkd-data")]
+    pub data: PathBuf,
+
+    /// Global key file: 96 hex digits (32-byte key, 16-byte IV), mode 0600. Created on first
+    /// start if absent. Default: `<data>/chunkd.key`. Keep it apart from the data directory to
+    /// make a stolen data directory useless.
+    #[arg(long, env = "CHUNKD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// `safe`: a chunk is acknowledged only once its bytes and its index row are on stable
+    /// storage (fsync), so it survives power loss. `fast`: leaves flushing to the OS; a crash of
+    /// chunkd loses nothing, but a power loss may lose recently acknowledged chunks.
+    #[arg(long, env = "CHUNKD_DURABILITY", value_enum, default_value_t = Durability::Safe)]
+    pub durability: Durability,
+}
+
+/// Size limits.
+#[derive(Args, Debug, Clone)]
+pub struct Limits {
+    /// Largest file accepted (suffixes K, M, G, T for powers of 1000, KiB, MiB, GiB, TiB).
+    #[arg(long, env = "CHUNKD_MAX_FILE_SIZE", default_value = "64GiB", value_parser = parse_size)]
+    pub max_file_size: u64,
+
+    /// Largest chunk accepted. With the default cutting rule the last chunk holds up to twice
+    /// the chunk size, so the default allows chunks of 100 MB and last chunks just under 200 MB.
+    #[arg(long, env = "CHUNKD_MAX_CHUNK_SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_chunk_size: u64,
+}
+
+impl StorageConfig {
+    /// The key file actually used.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| self.data.join("chunkd.key"))
+    }
+}
+
+/// How hard chunkd works to keep acknowledged chunks across a power loss.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Safe,
+    Fast,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: everything at its default, data in `data`.
+    pub fn for_data_dir(data: impl Into<PathBuf>) -> Self {
+        let mut cli = Cli::parse_from(["chunkd"]);
+        cli.config.storage.data = data.into();
+        cli.config.net.listen = "127.0.0.1:0".parse().unwrap();
+        cli.config
+    }
+}
+
+fn parse_upload_path(s: &str) -> Result<String, String> {
+    let ok = s.starts_with('/')
+        && s.len() > 1
+        && !s.ends_with('/')
+        && s != "/files"
+        && !s.starts_with("/files/")
+        && !s.contains("//")
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("must look like /upload: start with /, not end with /, not be / or under /files, \
+             and use only letters, digits and - _ . ~"
+            .into())
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{s}` is not a number of seconds"))
+}
+
+/// Parses `1048576`, `100MB`, `64GiB`, `1.5G`...
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(format!("unknown size unit in `{s}`")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let v = n * mult as f64;
+    if !(1.0..=u64::MAX as f64).contains(&v) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_paths() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("12345").unwrap(), 12345);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_upload_path("/upload").is_ok());
+        for bad in ["/", "upload", "/upload/", "/files", "/files/x", "/a//b", "/a?b"] {
+            assert!(parse_upload_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::for_data_dir("/tmp/x");
+        assert_eq!(c.storage.durability, Durability::Safe);
+        assert!(c.net.cors_origins.is_empty());
+        assert!(c.limits.max_chunk_size >= 2 * 100_000_000);
+    }
+}

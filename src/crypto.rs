@@ -1,0 +1,414 @@
+//! Two layers of AES-256-CBC at rest: a per-file key under a global key.
+//!
+//! # On-disk format (version 1)
+//!
+//! * **Global key file**: 96 hex digits (32-byte key `Kg`, then 16-byte IV `IVg`), optionally
+//!   followed by a newline. Mode 0600; chunkd refuses a file other users can read.
+//! * **Per-file keys**: 32 random bytes `Kf` and 16 random bytes `IVf` per upload, from the
+//!   system CSPRNG. The index stores them wrapped: `W = wIV || AES-256-CBC(Kg, wIV, Kf || IVf)`,
+//!   64 bytes, where `wIV` is 16 fresh random bytes and no padding is used (48 = 3 blocks).
+//! * **Chunks**: each chunk is its own spool file. Its plaintext is PKCS#7-padded as a whole (the
+//!   inner layer pads: 1 to 16 bytes, so a chunk of `L` bytes takes `L - L % 16 + 16` bytes),
+//!   then cut into segments of [`SEGMENT`] bytes (the last one may be shorter). A byte's
+//!   offset in the chunk file equals its plaintext offset in the chunk.
+//! * **Segments**: segment `s` of chunk `n` (1-based) written with the 64-bit random `nonce`
+//!   (fresh for every write of a chunk, kept in the index) has the tweak
+//!   `T = nonce (8 bytes BE) || n (4 bytes BE) || s (4 bytes BE)`, and is encrypted twice:
+//!   * inner: AES-256-CBC with key `Kf`, IV `AES-256-ECB(Kf, IVf ^ T)`;
+//!   * outer (no padding): AES-256-CBC with key `Kg`, IV `AES-256-ECB(Kg, IVg ^ IVf ^ T)`.
+//!
+//! Every segment is an independent CBC chain, so many segments are encrypted side by side (the
+//! AES instructions pipeline several independent blocks), both layers run per block in one
+//! pass, and a Range read starts at any segment. The tweak never repeats under one key: `n` and
+//! `s` differ between segments of a file, the nonce differs between two writes of a chunk, and
+//! `IVf` (random per file) separates files under the shared `Kg`. README.md shows the `openssl`
+//! commands that decrypt a segment from this description alone.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use aes::Aes256;
+use aes::cipher::{
+    Array, BlockCipherEncrypt, BlockModeDecrypt, InnerIvInit, KeyInit,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Bytes in one segment, the unit of one CBC chain. Small enough that a batch of segments in
+/// flight stays in a few hundred KiB, large enough that the per-segment IV costs nothing.
+pub const SEGMENT: usize = 16 * 1024;
+/// The AES block size.
+pub const BLOCK: usize = 16;
+/// How many segments are encrypted side by side: the depth of the AES pipeline.
+const LANES: usize = 8;
+
+type Block = Array<u8, aes::cipher::consts::U16>;
+
+/// Fills `buf` from the system CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) {
+    SystemRandom::new().fill(buf).expect("the system random generator failed");
+}
+
+/// A random 64-bit value, for chunk write nonces.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    random_bytes(&mut b);
+    u64::from_be_bytes(b)
+}
+
+/// The size on disk of a chunk of `len` plaintext bytes: padded to the next whole block.
+pub fn sealed_len(len: u64) -> u64 {
+    len - len % BLOCK as u64 + BLOCK as u64
+}
+
+fn xor16(a: &[u8; 16], b: &[u8; 16]) -> [u8; 16] {
+    std::array::from_fn(|i| a[i] ^ b[i])
+}
+
+fn tweak(nonce: u64, chunk: u32, segment: u32) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&nonce.to_be_bytes());
+    t[8..12].copy_from_slice(&chunk.to_be_bytes());
+    t[12..].copy_from_slice(&segment.to_be_bytes());
+    t
+}
+
+/// The global key and IV, read from the key file. Never printed: `Debug` shows nothing.
+pub struct GlobalKey {
+    cipher: Aes256,
+    iv: [u8; 16],
+    /// HMAC of a fixed label under the key: lets the index recognise the key it was made with.
+    check: String,
+}
+
+impl std::fmt::Debug for GlobalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GlobalKey(..)")
+    }
+}
+
+impl GlobalKey {
+    /// Builds the key from its 48 raw bytes (key then IV).
+    pub fn from_bytes(raw: &[u8; 48]) -> Self {
+        let cipher = Aes256::new_from_slice(&raw[..32]).expect("32-byte key");
+        let iv: [u8; 16] = raw[32..].try_into().expect("16-byte iv");
+        let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &raw[..]);
+        let tag = ring::hmac::sign(&hmac_key, b"chunkd key check v1");
+        let check = hex(&tag.as_ref()[..16]);
+        GlobalKey { cipher, iv, check }
+    }
+
+    /// Reads the key file, or creates it (mode 0600, fresh random bytes) if it does not exist.
+    /// Refuses a file of the wrong length or one that group or others may access.
+    pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        match fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(io::Error::other(format!(
+                        "key file {} has mode {mode:04o}: it must be readable by its owner only \
+                         (run `chmod 600 {}`)",
+                        path.display(),
+                        path.display()
+                    )));
+                }
+                let text = fs::read_to_string(path).map_err(|e| {
+                    io::Error::other(format!("cannot read key file {}: {e}", path.display()))
+                })?;
+                let raw = parse_hex::<48>(text.trim_end_matches(['\n', '\r'])).ok_or_else(|| {
+                    io::Error::other(format!(
+                        "key file {} must hold exactly 96 hex digits (a 32-byte key and a \
+                         16-byte IV), e.g. from `openssl rand -hex 48`",
+                        path.display()
+                    ))
+                })?;
+                Ok(Self::from_bytes(&raw))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut raw = [0u8; 48];
+                random_bytes(&mut raw);
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    fs::create_dir_all(dir)?;
+                }
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| {
+                        io::Error::other(format!("cannot create key file {}: {e}", path.display()))
+                    })?;
+                f.write_all(format!("{}\n", hex(&raw)).as_bytes())?;
+                f.sync_all()?;
+                tracing::info!(path = %path.display(), "created a new global key file");
+                Ok(Self::from_bytes(&raw))
+            }
+            Err(e) => Err(io::Error::other(format!(
+                "cannot read key file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// A value that identifies this key without revealing it, kept in the index.
+    pub fn check_value(&self) -> &str {
+        &self.check
+    }
+
+    /// Wraps a file's keys for storage in the index.
+    pub fn wrap(&self, keys: &FileKeys) -> Vec<u8> {
+        let mut wiv = [0u8; 16];
+        random_bytes(&mut wiv);
+        let mut blocks = [Block::default(); 3];
+        let mut plain = [0u8; 48];
+        plain[..32].copy_from_slice(&keys.key);
+        plain[32..].copy_from_slice(&keys.iv);
+        let mut prev = wiv;
+        for (i, b) in blocks.iter_mut().enumerate() {
+            let x = xor16(plain[i * 16..][..16].try_into().unwrap(), &prev);
+            *b = Block::from(x);
+            self.cipher.encrypt_block(b);
+            prev = (*b).into();
+        }
+        let mut out = wiv.to_vec();
+        for b in &blocks {
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    /// Unwraps keys stored by [`GlobalKey::wrap`].
+    pub fn unwrap(&self, blob: &[u8]) -> Option<FileKeys> {
+        if blob.len() != 64 {
+            return None;
+        }
+        let mut buf = blob[16..].to_vec();
+        let iv: [u8; 16] = blob[..16].try_into().ok()?;
+        cbc_decrypt(&self.cipher, &iv, &mut buf);
+        Some(FileKeys { key: buf[..32].try_into().ok()?, iv: buf[32..].try_into().ok()? })
+    }
+}
+
+/// A file's own key and IV, the inner layer. Never printed.
+#[derive(Clone)]
+pub struct FileKeys {
+    key: [u8; 32],
+    iv: [u8; 16],
+}
+
+impl std::fmt::Debug for FileKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileKeys(..)")
+    }
+}
+
+impl FileKeys {
+    /// Fresh random keys for a new upload.
+    pub fn generate() -> Self {
+        let mut raw = [0u8; 48];
+        random_bytes(&mut raw);
+        FileKeys { key: raw[..32].try_into().unwrap(), iv: raw[32..].try_into().unwrap() }
+    }
+}
+
+/// Both layers of one file, ready to seal and open its segments.
+pub struct FileCipher {
+    inner: Aes256,
+    inner_iv: [u8; 16],
+    outer: Aes256,
+    /// `IVg ^ IVf`: the outer IV base, distinct per file.
+    outer_iv: [u8; 16],
+}
+
+impl FileCipher {
+    pub fn new(global: &GlobalKey, keys: &FileKeys) -> Self {
+        FileCipher {
+            inner: Aes256::new_from_slice(&keys.key).expect("32-byte key"),
+            inner_iv: keys.iv,
+            outer: global.cipher.clone(),
+            outer_iv: xor16(&global.iv, &keys.iv),
+        }
+    }
+
+    /// The inner and outer IVs of one segment.
+    fn segment_ivs(&self, nonce: u64, chunk: u32, segment: u32) -> ([u8; 16], [u8; 16]) {
+        let t = tweak(nonce, chunk, segment);
+        let mut a = Block::from(xor16(&self.inner_iv, &t));
+        self.inner.encrypt_block(&mut a);
+        let mut b = Block::from(xor16(&self.outer_iv, &t));
+        self.outer.encrypt_block(&mut b);
+        (a.into(), b.into())
+    }
+
+    /// Encrypts, in place, consecutive segments of one chunk starting at segment `first`. Every
+    /// segment but the last in `buf` must be whole; the last one must be a multiple of 16 bytes.
+    pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
+        assert!(buf.len() % BLOCK == 0, "sealed data must be whole blocks");
+        let mut seg = first;
+        for group in buf.chunks_mut(SEGMENT * LANES) {
+            let mut lanes: Vec<&mut [u8]> = group.chunks_mut(SEGMENT).collect();
+            let mut ivs_in = [[0u8; 16]; LANES];
+            let mut ivs_out = [[0u8; 16]; LANES];
+            for (i, _) in lanes.iter().enumerate() {
+                (ivs_in[i], ivs_out[i]) = self.segment_ivs(nonce, chunk, seg + i as u32);
+            }
+            seg += lanes.len() as u32;
+            self.seal_lanes(&mut lanes, &ivs_in, &ivs_out);
+        }
+    }
+
+    /// CBC-encrypts up to [`LANES`] independent segments in lockstep, both layers per block:
+    /// block `i` of each lane goes through the inner cipher, then straight through the outer one,
+    /// so the AES units always have a batch of independent blocks to work on.
+    fn seal_lanes(&self, lanes: &mut [&mut [u8]], ivs_in: &[[u8; 16]], ivs_out: &[[u8; 16]]) {
+        let n = lanes.len();
+        let mut prev_in: [Block; LANES] = std::array::from_fn(|i| Block::from(ivs_in[i]));
+        let mut prev_out: [Block; LANES] = std::array::from_fn(|i| Block::from(ivs_out[i]));
+        let mut batch = [Block::default(); LANES];
+        let blocks = lanes.iter().map(|l| l.len() / BLOCK).max().unwrap_or(0);
+        for b in 0..blocks {
+            // Lanes are in order and only the last can be short, so the live ones are a prefix.
+            let live = lanes.iter().take_while(|l| l.len() / BLOCK > b).count();
+            for l in 0..live {
+                let p = &lanes[l][b * BLOCK..][..BLOCK];
+                for j in 0..BLOCK {
+                    batch[l][j] = p[j] ^ prev_in[l][j];
+                }
+            }
+            self.inner.encrypt_blocks(&mut batch[..live]);
+            for l in 0..live {
+                prev_in[l] = batch[l];
+                for j in 0..BLOCK {
+                    batch[l][j] ^= prev_out[l][j];
+                }
+            }
+            self.outer.encrypt_blocks(&mut batch[..live]);
+            for l in 0..live {
+                prev_out[l] = batch[l];
+                lanes[l][b * BLOCK..][..BLOCK].copy_from_slice(&batch[l]);
+            }
+        }
+        debug_assert!(n <= LANES);
+    }
+
+    /// Decrypts, in place, consecutive segments of one chunk starting at segment `first` (the
+    /// inverse of [`FileCipher::seal_segments`]; padding is left for the caller to strip).
+    pub fn open_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
+        assert!(buf.len() % BLOCK == 0, "sealed data must be whole blocks");
+        for (i, seg) in buf.chunks_mut(SEGMENT).enumerate() {
+            let (iv_in, iv_out) = self.segment_ivs(nonce, chunk, first + i as u32);
+            cbc_decrypt(&self.outer, &iv_out, seg);
+            cbc_decrypt(&self.inner, &iv_in, seg);
+        }
+    }
+}
+
+/// CBC decryption of whole blocks in place (parallel inside the `cbc` crate).
+fn cbc_decrypt(cipher: &Aes256, iv: &[u8; 16], buf: &mut [u8]) {
+    let (blocks, rest) = Block::slice_as_chunks_mut(buf);
+    debug_assert!(rest.is_empty());
+    let mut dec = cbc::Decryptor::<Aes256>::inner_iv_init(cipher.clone(), &Block::from(*iv));
+    dec.decrypt_blocks(blocks);
+}
+
+/// Appends PKCS#7 padding: 1 to 16 bytes, each holding the pad length.
+pub fn pad(buf: &mut Vec<u8>) {
+    let p = BLOCK - buf.len() % BLOCK;
+    buf.resize(buf.len() + p, p as u8);
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses exactly `N` bytes of hex.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes::cipher::{BlockModeEncrypt, KeyIvInit};
+
+    fn global() -> GlobalKey {
+        GlobalKey::from_bytes(&std::array::from_fn(|i| i as u8))
+    }
+
+    #[test]
+    fn lockstep_sealing_equals_two_plain_cbc_passes_per_segment() {
+        let g = global();
+        let keys = FileKeys::generate();
+        let fc = FileCipher::new(&g, &keys);
+        for len in [0usize, 1, 15, 16, 17, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5, 9 * SEGMENT + 100] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let mut buf = plain.clone();
+            pad(&mut buf);
+            fc.seal_segments(42, 3, 0, &mut buf);
+            // Reference: each segment through `cbc` twice, one serial chain per layer.
+            let mut padded = plain.clone();
+            pad(&mut padded);
+            for (s, seg) in padded.chunks(SEGMENT).enumerate() {
+                let (iv_in, iv_out) = fc.segment_ivs(42, 3, s as u32);
+                let mut x = seg.to_vec();
+                let (blocks, _) = Block::slice_as_chunks_mut(&mut x);
+                cbc::Encryptor::<Aes256>::new(&keys.key.into(), &iv_in.into()).encrypt_blocks(blocks);
+                let raw_g: [u8; 32] = std::array::from_fn(|i| i as u8);
+                cbc::Encryptor::<Aes256>::new(&raw_g.into(), &iv_out.into()).encrypt_blocks(blocks);
+                assert_eq!(&buf[s * SEGMENT..][..seg.len()], &x[..], "len {len} segment {s}");
+            }
+            fc.open_segments(42, 3, 0, &mut buf);
+            assert_eq!(&buf[..len], &plain[..]);
+            assert_eq!(buf.len() as u64, sealed_len(len as u64));
+        }
+    }
+
+    #[test]
+    fn segment_ivs_differ_by_nonce_chunk_segment_and_file() {
+        let g = global();
+        let a = FileCipher::new(&g, &FileKeys::generate());
+        let b = FileCipher::new(&g, &FileKeys::generate());
+        let base = a.segment_ivs(1, 1, 0);
+        assert_ne!(base, a.segment_ivs(2, 1, 0));
+        assert_ne!(base, a.segment_ivs(1, 2, 0));
+        assert_ne!(base, a.segment_ivs(1, 1, 1));
+        assert_ne!(base.1, b.segment_ivs(1, 1, 0).1, "outer IVs under the shared key differ per file");
+    }
+
+    #[test]
+    fn wrap_round_trips_and_hides_the_key() {
+        let g = global();
+        let keys = FileKeys::generate();
+        let w = g.wrap(&keys);
+        assert_eq!(w.len(), 64);
+        assert!(!w.windows(32).any(|x| x == keys.key));
+        let u = g.unwrap(&w).unwrap();
+        assert_eq!(u.key, keys.key);
+        assert_eq!(u.iv, keys.iv);
+        assert_ne!(w, g.wrap(&keys), "each wrap uses a fresh IV");
+    }
+
+    #[test]
+    fn key_file_is_created_0600_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let a = GlobalKey::load_or_create(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let b = GlobalKey::load_or_create(&p).unwrap();
+        assert_eq!(a.check_value(), b.check_value());
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(GlobalKey::load_or_create(&p).unwrap_err().to_string().contains("chmod 600"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&p, "abcd\n").unwrap();
+        assert!(GlobalKey::load_or_create(&p).unwrap_err().to_string().contains("96 hex digits"));
+    }
+}

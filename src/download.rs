@@ -1,0 +1,329 @@
+//! Serving a complete file: streaming decryption in bounded memory, a single `Range`,
+//! conditional requests, and a `Content-Disposition` no filename can break.
+//!
+//! The body is produced on a blocking thread, one batch of segments at a time, into a channel
+//! of a few batches. Every chunk is checked against its recorded length and hash; the last batch
+//! of a chunk is sent only after the check passes, and a failed check (or read) ends the stream
+//! with an error, which aborts the connection. So a client never receives a corrupt file that
+//! looks complete.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::app::App;
+use crate::body::{self, Body, BoxError};
+use crate::crypto::{self, BLOCK, SEGMENT};
+use crate::error::{Error, Result};
+use crate::store::FileRow;
+use crate::upload::ANONYMOUS;
+
+/// Bytes decrypted at a time (whole segments).
+const BATCH: usize = 8 * SEGMENT;
+/// Batches buffered between the reader thread and the socket.
+const IN_FLIGHT: usize = 4;
+
+/// `GET` or `HEAD /files/{id}`.
+pub async fn download(app: &Arc<App>, req: Request<Incoming>, file_id: String) -> Result<Response<Body>> {
+    let file = app
+        .blocking(move |app| {
+            let file = app.index.file(ANONYMOUS, &file_id)?.ok_or(Error::NotFound("file"))?;
+            check_spool(app, &file)?;
+            Ok(file)
+        })
+        .await?;
+    serve(app, &req, file)
+}
+
+/// Checks before any header is sent that every chunk file is there with its exact size.
+fn check_spool(app: &App, file: &FileRow) -> Result<()> {
+    for c in &file.chunks {
+        let path = app.spool.chunk_path(&file.upload_id, c.number, c.nonce)?;
+        let size = std::fs::metadata(&path)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?
+            .len();
+        if size != crypto::sealed_len(c.len) {
+            return Err(Error::Corrupt(format!("{}: {size} bytes", path.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the response for a complete file: headers, conditionals, range, streamed body.
+pub fn serve(app: &Arc<App>, req: &Request<Incoming>, file: FileRow) -> Result<Response<Body>> {
+    let len = file.shape.total_size;
+    let etag = format!("\"{}\"", file.upload_id);
+    let modified = UNIX_EPOCH + Duration::from_secs((file.completed_at / 1000).max(0) as u64);
+    let last_modified = httpdate::fmt_http_date(modified);
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::LAST_MODIFIED, &last_modified)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "private, no-cache");
+
+    if let Some(inm) = text(header::IF_NONE_MATCH)
+        && etag_matches(inm, &etag)
+    {
+        return Ok(builder.status(StatusCode::NOT_MODIFIED).body(body::empty()).expect("valid"));
+    }
+
+    let range_applies = match text(header::IF_RANGE) {
+        None => true,
+        Some(v) if v.starts_with('"') => v == etag,
+        Some(v) => httpdate::parse_http_date(v).is_ok_and(|t| t == modified),
+    };
+    let range = match text(header::RANGE) {
+        Some(r) if range_applies => parse_range(r, len),
+        _ => RangeSpec::Full,
+    };
+    let (status, start, end) = match range {
+        RangeSpec::Full => (StatusCode::OK, 0, len),
+        RangeSpec::Partial(a, b) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+        RangeSpec::Unsatisfiable => return Err(Error::RangeNotSatisfiable(len)),
+    };
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1));
+    }
+    let builder = builder
+        .status(status)
+        .header(header::CONTENT_TYPE, safe_content_type(&file.mime))
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::CONTENT_DISPOSITION, content_disposition(&file.name))
+        .header("x-content-type-options", "nosniff")
+        .header("content-security-policy", "sandbox");
+    let body = if req.method() == Method::HEAD || start == end {
+        body::empty()
+    } else {
+        stream_plaintext(app, file, start, end)
+    };
+    builder.body(body).map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn etag_matches(header_value: &str, etag: &str) -> bool {
+    header_value.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+/// The outcome of a `Range` header against a file of known length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// No usable range: serve the whole file (also for syntax chunkd does not serve, such as
+    /// several ranges, which RFC 9110 lets a server ignore).
+    Full,
+    /// Bytes `a..=b`.
+    Partial(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range (RFC 9110 §14.1.2).
+pub fn parse_range(value: &str, len: u64) -> RangeSpec {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeSpec::Full };
+    if spec.contains(',') {
+        return RangeSpec::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return RangeSpec::Full };
+    let num = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    match (a.trim(), b.trim()) {
+        ("", suffix) => match num(suffix) {
+            None => RangeSpec::Full,
+            Some(0) => RangeSpec::Unsatisfiable,
+            Some(_) if len == 0 => RangeSpec::Unsatisfiable,
+            Some(n) => RangeSpec::Partial(len - n.min(len), len - 1),
+        },
+        (first, last) => {
+            let Some(first) = num(first) else { return RangeSpec::Full };
+            let last = if last.is_empty() {
+                u64::MAX
+            } else {
+                match num(last) {
+                    Some(l) if l >= first => l,
+                    // A last position before the first, or one that overflows, is invalid
+                    // syntax... unless it is huge, which just means "to the end".
+                    None if last.bytes().all(|c| c.is_ascii_digit()) => u64::MAX,
+                    _ => return RangeSpec::Full,
+                }
+            };
+            if first >= len {
+                RangeSpec::Unsatisfiable
+            } else {
+                RangeSpec::Partial(first, last.min(len - 1))
+            }
+        }
+    }
+}
+
+/// The type to serve: the client's, if it is a plain `type/subtype`; else octet-stream.
+pub fn safe_content_type(mime: &str) -> String {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 127
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match mime.split_once('/') {
+        Some((t, s)) if token(t) && token(s) => mime.to_ascii_lowercase(),
+        _ => "application/octet-stream".to_string(),
+    }
+}
+
+/// `attachment` with an ASCII fallback name and the exact name in RFC 8187 `filename*`. Quotes,
+/// backslashes, semicolons, slashes and control characters cannot reach the quoted fallback.
+pub fn content_disposition(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let base = if base.is_empty() || base == "." || base == ".." { "download" } else { base };
+    let fallback: String = base
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !"\"\\;%".contains(c) || c == ' ' { c } else { '_' })
+        .collect();
+    const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let exact = percent_encoding::utf8_percent_encode(base, ATTR);
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}")
+}
+
+/// Streams plaintext bytes `start..end` of a file from a blocking reader thread.
+fn stream_plaintext(app: &Arc<App>, file: FileRow, start: u64, end: u64) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(IN_FLIGHT);
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = read_range(&app, &file, start, end, &tx) {
+            tracing::error!(file_id = %file.id, error = %e, "download aborted");
+            let _ = tx.blocking_send(Err(Box::new(e)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item.map(Frame::data), rx))
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// Decrypts and sends bytes `start..end`, chunk by chunk. Stops quietly if the client left.
+fn read_range(
+    app: &App,
+    file: &FileRow,
+    start: u64,
+    end: u64,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+) -> Result<()> {
+    let cipher = app.file_cipher(&file.wrapped_keys)?;
+    let cs = file.shape.chunk_size.unwrap_or(file.shape.total_size);
+    let mut buf = vec![0u8; BATCH];
+    for c in &file.chunks {
+        let base = (c.number - 1) * cs;
+        let (a, b) = (start.max(base), end.min(base + c.len));
+        if a >= b {
+            continue;
+        }
+        // Chunk-relative byte range, read from the segment that holds its first byte.
+        let (a, b) = (a - base, b - base);
+        let whole = a == 0 && b == c.len;
+        let sealed = crypto::sealed_len(c.len);
+        let path = app.spool.chunk_path(&file.upload_id, c.number, c.nonce)?;
+        let mut f = File::open(&path).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        let mut pos = a - a % SEGMENT as u64;
+        f.seek(SeekFrom::Start(pos))?;
+        let mut hasher = Xxh3::new();
+        while pos < b {
+            let n = (BATCH as u64).min(sealed - pos) as usize;
+            f.read_exact(&mut buf[..n]).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+            cipher.open_segments(c.nonce, c.number as u32, (pos / SEGMENT as u64) as u32, &mut buf[..n]);
+            let at_end = pos + n as u64 == sealed;
+            if at_end {
+                check_padding(&buf[..n], c.len - pos)?;
+            }
+            let plain_end = (pos + n as u64).min(c.len);
+            if whole {
+                hasher.update(&buf[..(plain_end - pos) as usize]);
+                if at_end && hasher.digest() != c.hash {
+                    return Err(Error::Corrupt(format!("chunk {} of file {} fails its hash", c.number, file.id)));
+                }
+            }
+            let from = a.max(pos) - pos;
+            let to = b.min(plain_end) - pos;
+            if to > from && tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[from as usize..to as usize]))).is_err() {
+                return Ok(());
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Checks the PKCS#7 padding after the chunk's last plaintext byte (`plain` bytes into `buf`).
+fn check_padding(buf: &[u8], plain: u64) -> Result<()> {
+    let p = buf.len() as u64 - plain;
+    let ok = (1..=BLOCK as u64).contains(&p) && buf[plain as usize..].iter().all(|&x| x as u64 == p);
+    if ok { Ok(()) } else { Err(Error::Corrupt("bad padding".into())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeSpec::*;
+        assert_eq!(parse_range("bytes=0-0", 10), Partial(0, 0));
+        assert_eq!(parse_range("bytes=2-", 10), Partial(2, 9));
+        assert_eq!(parse_range("bytes=-3", 10), Partial(7, 9));
+        assert_eq!(parse_range("bytes=-30", 10), Partial(0, 9));
+        assert_eq!(parse_range("bytes=5-100", 10), Partial(5, 9));
+        assert_eq!(parse_range("bytes=5-99999999999999999999999", 10), Partial(5, 9));
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-2", 10), Full);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), Full);
+        assert_eq!(parse_range("items=0-1", 10), Full);
+        assert_eq!(parse_range("bytes=a-b", 10), Full);
+        assert_eq!(parse_range("bytes=-", 10), Full);
+    }
+
+    #[test]
+    fn dispositions_cannot_break_out() {
+        let cd = content_disposition("a\"; filename=evil.html; x=\"\r\n.txt");
+        assert!(!cd.contains('\r') && !cd.contains('\n'));
+        let fallback = cd.split("filename=\"").nth(1).unwrap().split('"').next().unwrap();
+        assert!(!fallback.contains(';'));
+        assert!(cd.ends_with(".txt"));
+        assert_eq!(
+            content_disposition("résumé 1.pdf"),
+            "attachment; filename=\"r_sum_ 1.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.pdf"
+        );
+        assert!(content_disposition("../../etc/passwd").contains("filename=\"passwd\""));
+        assert!(content_disposition("..").contains("filename=\"download\""));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(safe_content_type("image/png"), "image/png");
+        assert_eq!(safe_content_type(""), "application/octet-stream");
+        assert_eq!(safe_content_type("text/html\r\nx: y"), "application/octet-stream");
+        assert_eq!(safe_content_type("text/html; charset=utf-8"), "application/octet-stream");
+    }
+}

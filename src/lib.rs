@@ -1,0 +1,39 @@
+//! chunkd: a resumable-upload server for Resumable.js, Flow.js and the Twake Files API, that
+//! keeps every byte encrypted at rest with two layers of AES-256-CBC, indexes its spool in
+//! SQLite and completes each file exactly once, whatever order its chunks arrive in.
+//!
+//! # Layout
+//!
+//! The flow of one chunk, in the order a request meets the modules:
+//!
+//! * [`server`]: the accept loop (connection limit, timeouts, graceful shutdown).
+//! * [`router`]: method and path to handler; CORS; static demo files.
+//! * [`upload`]: **the chunk flow** (probe, chunk POST, status). Start reading here.
+//!   * [`protocol`]: every dialect's parameters into one [`protocol::ChunkParams`].
+//!   * [`geometry`]: the cutting rule, as pure functions.
+//!   * [`crypto`]: the two-layer cipher and the on-disk format.
+//!   * [`store`]: the SQLite [`store::Index`] (the truth) and the [`store::Spool`] of chunk files.
+//! * [`download`]: streaming decryption with Range and conditional requests.
+//! * [`error`]: the one error enum, and the one place errors become responses.
+//! * [`body`]: the one response body type.
+//! * [`config`] and [`app`]: flags, and the state they open.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod crypto;
+pub mod download;
+pub mod error;
+pub mod geometry;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod upload;
+
+pub use app::App;
+pub use config::{Cli, Config};
+pub use error::{Error, Result};
+pub use server::serve;

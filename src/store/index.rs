@@ -1,0 +1,414 @@
+//! The SQLite index: the single source of truth for uploads, chunks and files.
+//!
+//! A chunk exists only once its row is committed here, and its row is written only after its
+//! bytes are where the durability setting demands. The row that completes an upload commits in
+//! the same transaction as the completion, on the one writer connection, so exactly one request
+//! ever completes a file. Every method blocks: call it from `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::geometry::{Declared, Shape};
+use crate::protocol::ChunkParams;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- What users see: a file id, its name and type, and which complete upload holds its bytes.
+CREATE TABLE IF NOT EXISTS files (
+    id            TEXT PRIMARY KEY,
+    scope         TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    relative_path TEXT NOT NULL,
+    mime          TEXT NOT NULL,
+    content       TEXT,             -- uploads.id of the complete content; NULL until complete
+    created_at    INTEGER NOT NULL, -- epoch milliseconds
+    updated_at    INTEGER NOT NULL
+);
+
+-- One upload of a file's content: geometry, keys, progress.
+CREATE TABLE IF NOT EXISTS uploads (
+    id           TEXT PRIMARY KEY,
+    file_id      TEXT NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    scope        TEXT NOT NULL,
+    identifier   TEXT NOT NULL,
+    total_size   INTEGER NOT NULL,
+    chunk_size   INTEGER,           -- NULL until declared or learnt
+    total_chunks INTEGER,           -- NULL until the cutting mode is known
+    keys         BLOB NOT NULL,     -- per-file key and IV, wrapped under the global key
+    received     INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    completed_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS uploads_identity ON uploads(scope, identifier);
+
+-- Committed chunks. Their bytes are in spool/<upload_id>/<number>.<nonce as 16 hex digits>.
+CREATE TABLE IF NOT EXISTS chunks (
+    upload_id TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
+    number    INTEGER NOT NULL,
+    len       INTEGER NOT NULL,     -- plaintext bytes
+    nonce     INTEGER NOT NULL,     -- 64-bit write nonce (stored as its signed twin)
+    hash      INTEGER NOT NULL,     -- xxh3-64 of the plaintext (signed twin)
+    PRIMARY KEY (upload_id, number)
+) WITHOUT ROWID;
+"#;
+
+/// The current time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// An upload as the index knows it.
+#[derive(Debug, Clone)]
+pub struct UploadRow {
+    pub id: String,
+    pub file_id: String,
+    pub identifier: String,
+    pub filename: String,
+    pub relative_path: String,
+    pub mime: String,
+    pub shape: Shape,
+    pub wrapped_keys: Vec<u8>,
+    pub received: u64,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+/// A committed chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRow {
+    pub number: u64,
+    pub len: u64,
+    pub nonce: u64,
+    pub hash: u64,
+}
+
+/// What committing a chunk did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// The chunk is now stored; `completed` is true for the one commit that completed the file.
+    Stored { received: u64, total: Option<u64>, completed: bool },
+    /// The chunk was already stored (by a concurrent or earlier request) with these bytes.
+    AlreadyStored { received: u64, total: Option<u64>, complete: bool },
+}
+
+/// A complete file ready to be served.
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    pub id: String,
+    pub upload_id: String,
+    pub name: String,
+    pub mime: String,
+    pub shape: Shape,
+    pub wrapped_keys: Vec<u8>,
+    pub completed_at: i64,
+    pub chunks: Vec<ChunkRow>,
+}
+
+/// The index: one connection behind a mutex (SQLite has one writer at a time anyway).
+pub struct Index {
+    conn: Mutex<Connection>,
+}
+
+const UPLOAD_COLS: &str = "u.id, u.file_id, u.identifier, f.name, f.relative_path, f.mime, \
+    u.total_size, u.chunk_size, u.total_chunks, u.keys, u.received, u.created_at, u.completed_at";
+
+fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadRow> {
+    Ok(UploadRow {
+        id: r.get(0)?,
+        file_id: r.get(1)?,
+        identifier: r.get(2)?,
+        filename: r.get(3)?,
+        relative_path: r.get(4)?,
+        mime: r.get(5)?,
+        shape: Shape {
+            total_size: r.get::<_, i64>(6)? as u64,
+            chunk_size: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            total_chunks: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        },
+        wrapped_keys: r.get(9)?,
+        received: r.get::<_, i64>(10)? as u64,
+        created_at: r.get(11)?,
+        completed_at: r.get(12)?,
+    })
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|x| x as i64)
+}
+
+impl Index {
+    /// Opens (or creates) the index at `path`, in WAL mode, synchronous as `durability` says.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Safe => "FULL",
+            Durability::Fast => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')",
+            [],
+        )?;
+        Ok(Index { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back), so a
+        // poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the global key's check value on first use, and refuses a different key later:
+    /// files encrypted under one key cannot be read under another.
+    pub fn check_key(&self, check: &str) -> Result<bool> {
+        let c = self.conn();
+        c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('key_check', ?1)", [check])?;
+        let stored: String =
+            c.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))?;
+        Ok(stored == check)
+    }
+
+    /// The upload under `identifier` in `scope`, if any.
+    pub fn find(&self, scope: &str, identifier: &str) -> Result<Option<UploadRow>> {
+        let c = self.conn();
+        let sql = format!(
+            "SELECT {UPLOAD_COLS} FROM uploads u JOIN files f ON f.id = u.file_id \
+             WHERE u.scope = ?1 AND u.identifier = ?2"
+        );
+        Ok(c.query_row(&sql, params![scope, identifier], upload_from_row).optional()?)
+    }
+
+    /// The upload under the request's identifier, created if absent. An existing upload must
+    /// be the same file: same name and a geometry the request agrees with.
+    pub fn find_or_create(
+        &self,
+        scope: &str,
+        req: &ChunkParams,
+        new_ids: (String, String),
+        wrapped_keys: &[u8],
+    ) -> Result<(UploadRow, bool)> {
+        if let Some(row) = self.find(scope, &req.identifier)? {
+            check_same_file(&row, req)?;
+            return Ok((row, false));
+        }
+        let shape = Shape::new(req.declared.total_size).merge(&req.declared)?;
+        let now = now_ms();
+        let (upload_id, file_id) = new_ids;
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another request may have created it since the lookup above.
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM uploads WHERE scope = ?1 AND identifier = ?2",
+                params![scope, req.identifier],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !exists {
+            tx.execute(
+                "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                params![file_id, scope, req.filename, req.relative_path, req.mime, now],
+            )?;
+            tx.execute(
+                "INSERT INTO uploads(id, file_id, scope, identifier, total_size, chunk_size, \
+                 total_chunks, keys, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    upload_id,
+                    file_id,
+                    scope,
+                    req.identifier,
+                    shape.total_size as i64,
+                    opt_i64(shape.chunk_size),
+                    opt_i64(shape.total_chunks),
+                    wrapped_keys,
+                    now
+                ],
+            )?;
+        }
+        tx.commit()?;
+        drop(c);
+        let row = self.find(scope, &req.identifier)?.ok_or(Error::NotFound("upload"))?;
+        check_same_file(&row, req)?;
+        Ok((row, !exists))
+    }
+
+    /// The committed chunk `number` of an upload, if any.
+    pub fn chunk(&self, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
+        let c = self.conn();
+        Ok(c.query_row(
+            "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 AND number = ?2",
+            params![upload_id, number as i64],
+            chunk_from_row,
+        )
+        .optional()?)
+    }
+
+    /// The numbers of every committed chunk of an upload, in order.
+    pub fn received(&self, upload_id: &str) -> Result<Vec<u64>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT number FROM chunks WHERE upload_id = ?1 ORDER BY number",
+        )?;
+        let rows = st.query_map([upload_id], |r| r.get::<_, i64>(0))?;
+        Ok(rows.map(|r| r.map(|n| n as u64)).collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Commits chunk `number` (whose bytes are already durable): re-checks its geometry against
+    /// the upload as it is now, records it, and completes the upload if it was the last one
+    /// missing, all in one transaction.
+    pub fn commit_chunk(
+        &self,
+        upload_id: &str,
+        declared: &Declared,
+        chunk: ChunkRow,
+    ) -> Result<Commit> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (size, cs, t, received, completed, file_id): (
+            i64,
+            Option<i64>,
+            Option<i64>,
+            i64,
+            Option<i64>,
+            String,
+        ) = tx
+            .query_row(
+                "SELECT total_size, chunk_size, total_chunks, received, completed_at, file_id \
+                 FROM uploads WHERE id = ?1",
+                [upload_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?
+            .ok_or(Error::NotFound("upload"))?;
+        let shape = Shape {
+            total_size: size as u64,
+            chunk_size: cs.map(|v| v as u64),
+            total_chunks: t.map(|v| v as u64),
+        };
+        let existing: Option<ChunkRow> = tx
+            .query_row(
+                "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 AND number = ?2",
+                params![upload_id, chunk.number as i64],
+                chunk_from_row,
+            )
+            .optional()?;
+        if let Some(e) = existing {
+            if e.len != chunk.len || e.hash != chunk.hash {
+                return Err(Error::ChunkDiffers(chunk.number));
+            }
+            return Ok(Commit::AlreadyStored {
+                received: received as u64,
+                total: shape.total_chunks,
+                complete: completed.is_some(),
+            });
+        }
+        let shape = shape.merge(declared)?.settle(chunk.number, chunk.len)?;
+        let received = received as u64 + 1;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO chunks(upload_id, number, len, nonce, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                upload_id,
+                chunk.number as i64,
+                chunk.len as i64,
+                chunk.nonce as i64,
+                chunk.hash as i64
+            ],
+        )?;
+        let completed = shape.total_chunks == Some(received);
+        tx.execute(
+            "UPDATE uploads SET chunk_size = ?2, total_chunks = ?3, received = ?4, updated_at = ?5, \
+             completed_at = CASE WHEN ?6 THEN ?5 ELSE completed_at END WHERE id = ?1",
+            params![
+                upload_id,
+                opt_i64(shape.chunk_size),
+                opt_i64(shape.total_chunks),
+                received as i64,
+                now,
+                completed
+            ],
+        )?;
+        if completed {
+            tx.execute(
+                "UPDATE files SET content = ?2, updated_at = ?3 WHERE id = ?1",
+                params![file_id, upload_id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Commit::Stored { received, total: shape.total_chunks, completed })
+    }
+
+    /// A complete file visible in `scope`, with its chunk map.
+    pub fn file(&self, scope: &str, file_id: &str) -> Result<Option<FileRow>> {
+        let c = self.conn();
+        let head = c
+            .query_row(
+                "SELECT f.id, u.id, f.name, f.mime, u.total_size, u.chunk_size, u.total_chunks, \
+                 u.keys, u.completed_at FROM files f JOIN uploads u ON u.id = f.content \
+                 WHERE f.id = ?1 AND f.scope = ?2 AND u.completed_at IS NOT NULL",
+                params![file_id, scope],
+                |r| {
+                    Ok(FileRow {
+                        id: r.get(0)?,
+                        upload_id: r.get(1)?,
+                        name: r.get(2)?,
+                        mime: r.get(3)?,
+                        shape: Shape {
+                            total_size: r.get::<_, i64>(4)? as u64,
+                            chunk_size: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                            total_chunks: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                        },
+                        wrapped_keys: r.get(7)?,
+                        completed_at: r.get(8)?,
+                        chunks: Vec::new(),
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut file) = head else { return Ok(None) };
+        let mut st = c.prepare_cached(
+            "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 ORDER BY number",
+        )?;
+        file.chunks = st
+            .query_map([&file.upload_id], chunk_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(file))
+    }
+}
+
+fn chunk_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
+    Ok(ChunkRow {
+        number: r.get::<_, i64>(0)? as u64,
+        len: r.get::<_, i64>(1)? as u64,
+        nonce: r.get::<_, i64>(2)? as u64,
+        hash: r.get::<_, i64>(3)? as u64,
+    })
+}
+
+/// Checks that a request names the same file as the upload already under its identifier.
+pub fn check_same_file(row: &UploadRow, req: &ChunkParams) -> Result<Shape> {
+    if row.filename != req.filename {
+        return Err(Error::IdentityConflict(format!(
+            "this identifier is in use by another file (`{}`)",
+            row.filename
+        )));
+    }
+    row.shape.merge(&req.declared)
+}

@@ -1,0 +1,7 @@
+//! Storage: the SQLite index (the truth) and the spool of encrypted chunk files.
+
+pub mod index;
+pub mod spool;
+
+pub use index::{ChunkRow, Commit, FileRow, Index, UploadRow};
+pub use spool::Spool;

@@ -1,0 +1,91 @@
+//! The spool: encrypted chunk files on disk, one directory per upload.
+//!
+//! Chunk `n` of upload `U`, written with nonce `N`, is `spool/U/n.N` (N as 16 hex digits). Every
+//! name is made by chunkd (upload ids are UUIDs it generated), never from client strings. A write
+//! always goes to a fresh file, so two requests racing on the same chunk never touch each other's
+//! bytes; the index row decides which one counts. Files whose row never committed are litter,
+//! never data.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::Durability;
+
+/// The spool directory and the durability it writes with.
+pub struct Spool {
+    root: PathBuf,
+    durability: Durability,
+}
+
+/// Upload ids are chunkd's own UUIDs in simple form; anything else never reaches the disk.
+fn checked_id(upload_id: &str) -> io::Result<&str> {
+    if upload_id.len() == 32 && upload_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(upload_id)
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "not an upload id"))
+    }
+}
+
+impl Spool {
+    pub fn open(root: PathBuf, durability: Durability) -> io::Result<Self> {
+        fs::create_dir_all(&root)?;
+        Ok(Spool { root, durability })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.durability == Durability::Safe {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The directory holding an upload's chunks.
+    pub fn upload_dir(&self, upload_id: &str) -> io::Result<PathBuf> {
+        Ok(self.root.join(checked_id(upload_id)?))
+    }
+
+    /// The file of one write of one chunk.
+    pub fn chunk_path(&self, upload_id: &str, number: u64, nonce: u64) -> io::Result<PathBuf> {
+        Ok(self.upload_dir(upload_id)?.join(format!("{number}.{nonce:016x}")))
+    }
+
+    /// Creates a fresh chunk file (and the upload's directory on its first chunk).
+    pub fn create_chunk(&self, upload_id: &str, number: u64, nonce: u64) -> io::Result<File> {
+        let dir = self.upload_dir(upload_id)?;
+        if !dir.exists() {
+            match fs::create_dir(&dir) {
+                Ok(()) => self.sync_dir(&self.root)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.chunk_path(upload_id, number, nonce)?)
+    }
+
+    /// Makes a written chunk file durable, as the durability setting demands: its data, and its
+    /// name in the directory.
+    pub fn finish_chunk(&self, file: File, upload_id: &str) -> io::Result<()> {
+        if self.durability == Durability::Safe {
+            file.sync_data()?;
+            self.sync_dir(&self.upload_dir(upload_id)?)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one chunk file; a missing one is not an error.
+    pub fn remove_chunk(&self, path: &Path) {
+        if let Err(e) = fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a chunk file");
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The flow of one chunk, and the probe and status calls beside it.
+//!
+//! 1. Read the parameters: the query, then (multipart) the form fields before the file part.
+//! 2. [`Params::chunk`] turns any dialect into one [`ChunkParams`].
+//! 3. Find or create the upload in the index; the request must describe the same file.
+//! 4. Stream the body through the cipher into a fresh spool file ([`ChunkWriter`]), never
+//!    holding more than two batches of it, and stop at the first byte too many.
+//! 5. Make the file durable, then commit its row: [`Index::commit_chunk`] re-checks the geometry
+//!    and completes the upload if this was the last chunk missing, in the same transaction.
+//! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::app::App;
+use crate::body::{Body, json_response, status_only};
+use crate::crypto::{self, FileCipher, FileKeys, SEGMENT};
+use crate::error::{Error, Result};
+use crate::geometry::Expect;
+use crate::protocol::{ChunkParams, Params};
+use crate::store::{ChunkRow, Commit, UploadRow, index::check_same_file};
+
+/// Plaintext bytes sealed and written at a time: a whole number of segments, enough to keep
+/// the AES pipeline full, small enough that memory per request stays flat.
+const BATCH: usize = 8 * SEGMENT;
+/// Largest text field accepted in a multipart body.
+const MAX_FIELD: usize = 64 * 1024;
+/// Most text fields before the file part.
+const MAX_FIELDS: usize = 64;
+/// Multipart framing allowed on top of the largest chunk.
+const MULTIPART_SLACK: u64 = 1 << 20;
+
+/// The scope of anonymous uploads (authentication adds per-principal scopes).
+pub const ANONYMOUS: &str = "";
+
+/// What every probe and chunk response says, so that any of them lets a client find the file.
+#[derive(Debug, Serialize)]
+pub struct ChunkReply {
+    pub identifier: String,
+    pub file_id: String,
+    pub chunk: u64,
+    /// How many chunks are committed.
+    pub received: u64,
+    /// The number of chunks, once known (unknown only while the cutting mode is open).
+    pub total_chunks: Option<u64>,
+    pub complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+}
+
+/// Where a complete file is served.
+pub fn download_url(file_id: &str) -> String {
+    format!("/files/{file_id}")
+}
+
+fn reply(row: &UploadRow, chunk: u64, received: u64, total: Option<u64>, complete: bool) -> ChunkReply {
+    ChunkReply {
+        identifier: row.identifier.clone(),
+        file_id: row.file_id.clone(),
+        chunk,
+        received,
+        total_chunks: total,
+        complete,
+        download_url: complete.then(|| download_url(&row.file_id)),
+    }
+}
+
+/// `GET {upload-path}`: 200 with the chunk reply if chunk n is committed, 204 if not. Never 404:
+/// Flow.js aborts the whole upload on one.
+pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let params = Params::from_query(req.uri().query())?;
+    let chunk = params.chunk(None)?;
+    let found = app
+        .blocking(move |app| {
+            let Some(row) = app.index.find(ANONYMOUS, &chunk.identifier)? else {
+                return Ok(None);
+            };
+            // A different file under the same identifier must not be told its chunks exist.
+            check_same_file(&row, &chunk)?;
+            let n = chunk.declared.number;
+            Ok(app.index.chunk(&row.id, n)?.map(|_| (row, n)))
+        })
+        .await?;
+    Ok(match found {
+        Some((row, n)) => {
+            let complete = row.completed_at.is_some();
+            let body = reply(&row, n, row.received, row.shape.total_chunks, complete);
+            json_response(StatusCode::OK, &body)
+        }
+        None => status_only(StatusCode::NO_CONTENT),
+    })
+}
+
+/// The state of one upload, for a client that resumes with one call instead of N probes.
+#[derive(Debug, Serialize)]
+struct StatusReply {
+    identifier: String,
+    file_id: String,
+    filename: String,
+    total_size: u64,
+    chunk_size: Option<u64>,
+    total_chunks: Option<u64>,
+    /// The committed chunk numbers, in order.
+    received: Vec<u64>,
+    complete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    download_url: Option<String>,
+}
+
+/// `GET {upload-path}/status?resumableIdentifier=X`.
+pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let id = Params::from_query(req.uri().query())?.identifier()?;
+    let reply = app
+        .blocking(move |app| {
+            let row = app.index.find(ANONYMOUS, &id)?.ok_or(Error::NotFound("upload"))?;
+            let received = app.index.received(&row.id)?;
+            let complete = row.completed_at.is_some();
+            Ok(StatusReply {
+                download_url: complete.then(|| download_url(&row.file_id)),
+                identifier: row.identifier,
+                file_id: row.file_id,
+                filename: row.filename,
+                total_size: row.shape.total_size,
+                chunk_size: row.shape.chunk_size,
+                total_chunks: row.shape.total_chunks,
+                received,
+                complete,
+            })
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &reply))
+}
+
+/// `POST {upload-path}` (or `PUT`): stores one chunk, multipart or raw.
+pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let (parts, body) = req.into_parts();
+    let mut params = Params::from_query(parts.uri.query())?;
+    let limit = app.config.limits.max_chunk_size;
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if content_length.is_some_and(|n| n > limit + MULTIPART_SLACK) {
+        return Err(Error::BodyTooLarge(limit));
+    }
+    let mut source = ChunkBody::open(&parts.headers, body, limit, &mut params).await?;
+    let chunk = params.chunk(None)?;
+    let scope = ANONYMOUS;
+    store_chunk(app, scope, chunk, &mut source).await
+}
+
+/// Steps 3 to 6 of the flow, shared by every route that receives a chunk.
+pub async fn store_chunk(
+    app: &Arc<App>,
+    scope: &'static str,
+    chunk: ChunkParams,
+    source: &mut ChunkBody,
+) -> Result<Response<Body>> {
+    let limits = &app.config.limits;
+    let d = chunk.declared;
+    if d.total_size > limits.max_file_size {
+        return Err(Error::FileTooLarge { size: d.total_size, limit: limits.max_file_size });
+    }
+    if d.number > u32::MAX as u64 {
+        return Err(Error::Geometry("more than 4,294,967,295 chunks".into()));
+    }
+    let req = chunk.clone();
+    let (row, existing) = app
+        .blocking(move |app| {
+            let ids = (new_id(), new_id());
+            let wrapped = app.key.wrap(&FileKeys::generate());
+            let (row, _created) = app.index.find_or_create(scope, &req, ids, &wrapped)?;
+            let shape = check_same_file(&row, &req)?;
+            let existing = app.index.chunk(&row.id, req.declared.number)?;
+            Ok((row, (shape, existing)))
+        })
+        .await?;
+    let (shape, existing) = existing;
+    let expect = shape.expect(d.number);
+    if expect.max() > limits.max_chunk_size {
+        return Err(Error::Geometry(format!(
+            "chunk {} may hold {} bytes, more than this server accepts per chunk ({} bytes)",
+            d.number,
+            expect.max(),
+            limits.max_chunk_size
+        )));
+    }
+    let max = match (expect, d.current_size) {
+        (Expect::AtMost(_), Some(cur)) => cur,
+        _ => expect.max(),
+    };
+
+    if let Some(stored) = existing {
+        // Sent again: check it is the same bytes, store nothing.
+        let (len, hash) = source.drain_hashed(max, d.number).await?;
+        if len != stored.len || hash != stored.hash {
+            return Err(Error::ChunkDiffers(d.number));
+        }
+        let complete = row.completed_at.is_some();
+        let body = reply(&row, d.number, row.received, row.shape.total_chunks, complete);
+        return Ok(json_response(StatusCode::OK, &body));
+    }
+
+    let cipher = Arc::new(app.file_cipher(&row.wrapped_keys)?);
+    let nonce = crypto::random_u64();
+    let upload_id = row.id.clone();
+    let number = d.number;
+    let (file, path) = app
+        .blocking(move |app| {
+            let f = app.spool.create_chunk(&upload_id, number, nonce)?;
+            Ok((f, app.spool.chunk_path(&upload_id, number, nonce)?))
+        })
+        .await?;
+    let mut guard = LitterGuard(Some(path));
+    let mut writer = ChunkWriter::new(file, cipher, nonce, number as u32);
+    let mut len = 0u64;
+    while let Some(data) = source.next().await? {
+        len += data.len() as u64;
+        if len > max {
+            return Err(Error::Geometry(format!(
+                "chunk {number} holds more bytes than its geometry allows ({max})"
+            )));
+        }
+        writer.push(data).await?;
+    }
+    source.finish().await?;
+    if let Some(cur) = d.current_size
+        && cur != len
+    {
+        return Err(Error::Geometry(format!(
+            "chunk {number} declared {cur} bytes but {len} arrived"
+        )));
+    }
+    let (file, hash) = writer.finish().await?;
+    let upload_id = row.id.clone();
+    let commit = app
+        .blocking(move |app| {
+            app.spool.finish_chunk(file, &upload_id)?;
+            let row = ChunkRow { number, len, nonce, hash };
+            app.index.commit_chunk(&upload_id, &d, row)
+        })
+        .await?;
+    let body = match commit {
+        Commit::Stored { received, total, completed } => {
+            guard.keep();
+            if completed {
+                tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
+            }
+            reply(&row, number, received, total, completed)
+        }
+        Commit::AlreadyStored { received, total, complete } => {
+            reply(&row, number, received, total, complete)
+        }
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// A fresh id for a file or an upload: 128 random bits as 32 hex digits.
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    crypto::random_bytes(&mut b);
+    uuid::Builder::from_random_bytes(b).into_uuid().simple().to_string()
+}
+
+/// Removes a chunk file that never got its index row, however the request ends (an error, a
+/// client that went away, a cancelled task).
+struct LitterGuard(Option<PathBuf>);
+
+impl LitterGuard {
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LitterGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = std::fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove an uncommitted chunk");
+        }
+    }
+}
+
+/// The bytes of one chunk, from a raw body or from the file part of a multipart body.
+pub enum ChunkBody {
+    Raw(Incoming),
+    Part { multipart: multer::Multipart<'static>, field: Option<multer::Field<'static>> },
+}
+
+fn multipart_error(e: multer::Error) -> Error {
+    match e {
+        multer::Error::StreamSizeExceeded { limit } | multer::Error::FieldSizeExceeded { limit, .. } => {
+            Error::BodyTooLarge(limit)
+        }
+        multer::Error::StreamReadFailed(e) => Error::BodyRead(e.to_string()),
+        other => Error::Multipart(other.to_string()),
+    }
+}
+
+impl ChunkBody {
+    /// Chooses by `Content-Type`: `multipart/form-data` is read up to the file part, collecting
+    /// the fields before it into `params`; any other body but a form is the raw chunk (Flow.js
+    /// sends octet chunks with the file's own type).
+    pub async fn open(
+        headers: &hyper::HeaderMap,
+        body: Incoming,
+        limit: u64,
+        params: &mut Params,
+    ) -> Result<ChunkBody> {
+        let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence == "multipart/form-data" {
+            let boundary = multer::parse_boundary(ctype)
+                .map_err(|_| Error::Multipart("no boundary in the Content-Type".into()))?;
+            let constraints = multer::Constraints::new().size_limit(
+                multer::SizeLimit::new().whole_stream(limit + MULTIPART_SLACK),
+            );
+            let mut multipart =
+                multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+            let field = loop {
+                let field = multipart
+                    .next_field()
+                    .await
+                    .map_err(multipart_error)?
+                    .ok_or_else(|| Error::Multipart("no file part".into()))?;
+                if field.file_name().is_some() || field.name() == Some("file") {
+                    break field;
+                }
+                let name = field.name().unwrap_or("").to_string();
+                let value = read_text_field(field).await?;
+                params.form.push((name, value));
+                if params.form.len() > MAX_FIELDS {
+                    return Err(Error::Multipart(format!("more than {MAX_FIELDS} fields")));
+                }
+            };
+            Ok(ChunkBody::Part { multipart, field: Some(field) })
+        } else if essence.starts_with("multipart/") || essence == "application/x-www-form-urlencoded" {
+            Err(Error::UnsupportedMediaType(essence))
+        } else {
+            Ok(ChunkBody::Raw(body))
+        }
+    }
+
+    /// The next piece of the chunk's bytes.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            ChunkBody::Raw(body) => loop {
+                match body.frame().await {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(Error::BodyRead(e.to_string())),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            },
+            ChunkBody::Part { field, .. } => match field {
+                None => Ok(None),
+                Some(f) => match f.chunk().await.map_err(multipart_error)? {
+                    Some(b) => Ok(Some(b)),
+                    None => {
+                        *field = None;
+                        Ok(None)
+                    }
+                },
+            },
+        }
+    }
+
+    /// After the chunk's bytes: a multipart body must end with the file part.
+    pub async fn finish(&mut self) -> Result<()> {
+        if let ChunkBody::Part { multipart, field } = self {
+            debug_assert!(field.is_none());
+            if multipart.next_field().await.map_err(multipart_error)?.is_some() {
+                return Err(Error::Multipart("a part follows the file part".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the whole chunk without storing it: its length (at most `max`) and hash.
+    async fn drain_hashed(&mut self, max: u64, number: u64) -> Result<(u64, u64)> {
+        let mut h = Xxh3::new();
+        let mut len = 0u64;
+        while let Some(b) = self.next().await? {
+            len += b.len() as u64;
+            if len > max {
+                return Err(Error::Geometry(format!(
+                    "chunk {number} holds more bytes than its geometry allows ({max})"
+                )));
+            }
+            h.update(&b);
+        }
+        self.finish().await?;
+        Ok((len, h.digest()))
+    }
+}
+
+async fn read_text_field(mut field: multer::Field<'static>) -> Result<String> {
+    let mut buf = Vec::new();
+    while let Some(b) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + b.len() > MAX_FIELD {
+            return Err(Error::Multipart(format!("a form field is larger than {MAX_FIELD} bytes")));
+        }
+        buf.extend_from_slice(&b);
+    }
+    String::from_utf8(buf).map_err(|_| Error::Multipart("a form field is not UTF-8".into()))
+}
+
+/// The sealing state of one chunk file, moved to a blocking thread for each batch.
+struct Sealing {
+    file: std::fs::File,
+    cipher: Arc<FileCipher>,
+    nonce: u64,
+    chunk: u32,
+    next_segment: u32,
+    hasher: Xxh3,
+}
+
+impl Sealing {
+    fn write(&mut self, buf: &mut Vec<u8>, last: bool) -> std::io::Result<()> {
+        use std::io::Write;
+        self.hasher.update(buf);
+        if last {
+            crypto::pad(buf);
+        }
+        self.cipher.seal_segments(self.nonce, self.chunk, self.next_segment, buf);
+        self.next_segment += (buf.len() / SEGMENT) as u32;
+        self.file.write_all(buf)
+    }
+}
+
+type Pending = tokio::task::JoinHandle<std::io::Result<(Sealing, Vec<u8>)>>;
+
+/// Streams plaintext into a chunk file through the cipher: one batch is sealed and written on
+/// a blocking thread while the next one is read from the socket.
+pub struct ChunkWriter {
+    idle: Option<Sealing>,
+    pending: Option<Pending>,
+    buf: Vec<u8>,
+    spare: Option<Vec<u8>>,
+}
+
+impl ChunkWriter {
+    fn new(file: std::fs::File, cipher: Arc<FileCipher>, nonce: u64, chunk: u32) -> Self {
+        let sealing = Sealing { file, cipher, nonce, chunk, next_segment: 0, hasher: Xxh3::new() };
+        ChunkWriter {
+            idle: Some(sealing),
+            pending: None,
+            buf: Vec::with_capacity(BATCH + crypto::BLOCK),
+            spare: None,
+        }
+    }
+
+    async fn push(&mut self, mut data: Bytes) -> Result<()> {
+        while !data.is_empty() {
+            if self.buf.len() == BATCH {
+                self.flush(false).await?;
+            }
+            let take = (BATCH - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data.advance(take);
+        }
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> Result<Sealing> {
+        match self.pending.take() {
+            Some(h) => {
+                let (sealing, spare) = h.await??;
+                self.spare = Some(spare);
+                Ok(sealing)
+            }
+            None => Ok(self.idle.take().expect("the writer holds its state")),
+        }
+    }
+
+    async fn flush(&mut self, last: bool) -> Result<()> {
+        let mut sealing = self.settle().await?;
+        let next = self.spare.take().map(|mut v| {
+            v.clear();
+            v
+        });
+        let mut buf = std::mem::replace(
+            &mut self.buf,
+            next.unwrap_or_else(|| Vec::with_capacity(BATCH + crypto::BLOCK)),
+        );
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            sealing.write(&mut buf, last)?;
+            Ok((sealing, buf))
+        }));
+        Ok(())
+    }
+
+    /// Seals the rest (with its padding) and returns the file and the plaintext's hash.
+    async fn finish(mut self) -> Result<(std::fs::File, u64)> {
+        self.flush(true).await?;
+        let sealing = self.settle().await?;
+        Ok((sealing.file, sealing.hasher.digest()))
+    }
+}
