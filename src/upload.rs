@@ -51,6 +51,9 @@ pub struct ChunkReply {
     /// The number of chunks, once known (unknown only while the cutting mode is open).
     pub total_chunks: Option<u64>,
     pub complete: bool,
+    /// True only in the response of the one request whose commit completed the file.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub completed_now: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub download_url: Option<String>,
 }
@@ -68,6 +71,7 @@ fn reply(row: &UploadRow, chunk: u64, received: u64, total: Option<u64>, complet
         received,
         total_chunks: total,
         complete,
+        completed_now: false,
         download_url: complete.then(|| download_url(&row.file_id)),
     }
 }
@@ -254,7 +258,7 @@ pub async fn store_chunk(
             if completed {
                 tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
             }
-            reply(&row, number, received, total, completed)
+            ChunkReply { completed_now: completed, ..reply(&row, number, received, total, completed) }
         }
         Commit::AlreadyStored { received, total, complete } => {
             reply(&row, number, received, total, complete)

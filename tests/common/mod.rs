@@ -1,0 +1,288 @@
+//! Shared harness for the integration tests: a real chunkd on 127.0.0.1:0 with a real SQLite
+//! index in a temporary directory, and a small client that speaks the chunk protocol.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chunkd::{App, Config};
+use serde_json::Value;
+
+/// A running chunkd. Dropping it shuts the server down (and waits for it).
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts chunkd on `data` with the default configuration.
+    pub fn start(data: &Path) -> TestServer {
+        Self::start_with(Config::for_data_dir(data))
+    }
+
+    /// Starts chunkd with a given configuration, on its own runtime thread so that a test can
+    /// stop it and start another on the same data directory.
+    pub fn start_with(mut config: Config) -> TestServer {
+        config.net.listen = "127.0.0.1:0".parse().unwrap();
+        let data = config.storage.data.clone();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = App::open(config).expect("chunkd opens its data directory");
+                let listener = tokio::net::TcpListener::bind(app.config.net.listen).await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                chunkd::serve(app, listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        });
+        let addr = addr_rx.recv().expect("server started");
+        TestServer { addr, data, stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server and waits until it has let go of its data directory.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Deterministic test data in which every 8-byte word is distinct (so a misplaced chunk shows).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut i = 0u64;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&(x ^ i).to_le_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Which parameter names a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Resumable,
+    Flow,
+}
+
+/// How a chunk travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Raw body, parameters in the query string.
+    Octet,
+    /// Multipart, parameters in the form fields and the query (as Resumable.js sends them).
+    MultipartBoth,
+    /// Multipart, parameters in the form fields only (as Flow.js sends them).
+    MultipartForm,
+}
+
+/// One file being uploaded the way Resumable.js or Flow.js cuts it.
+#[derive(Clone)]
+pub struct Upload {
+    pub dialect: Dialect,
+    pub identifier: String,
+    pub filename: String,
+    pub mime: String,
+    pub data: Arc<Vec<u8>>,
+    pub chunk_size: usize,
+    pub force_chunk_size: bool,
+}
+
+impl Upload {
+    pub fn new(identifier: &str, data: Vec<u8>, chunk_size: usize) -> Upload {
+        Upload {
+            dialect: Dialect::Resumable,
+            identifier: identifier.to_string(),
+            filename: format!("{identifier}.bin"),
+            mime: "application/octet-stream".into(),
+            data: Arc::new(data),
+            chunk_size,
+            force_chunk_size: false,
+        }
+    }
+
+    pub fn total_chunks(&self) -> usize {
+        let s = self.data.len();
+        let t = if self.force_chunk_size { s.div_ceil(self.chunk_size) } else { s / self.chunk_size };
+        t.max(1)
+    }
+
+    /// Bytes of chunk `n` (1-based) under the cutting rule.
+    pub fn chunk(&self, n: usize) -> &[u8] {
+        let t = self.total_chunks();
+        let start = (n - 1) * self.chunk_size;
+        let end = if n == t { self.data.len() } else { start + self.chunk_size };
+        &self.data[start..end]
+    }
+
+    /// The protocol parameters of chunk `n`.
+    pub fn params(&self, n: usize) -> Vec<(String, String)> {
+        let p = match self.dialect {
+            Dialect::Resumable => "resumable",
+            Dialect::Flow => "flow",
+        };
+        let mut v = vec![
+            (format!("{p}ChunkNumber"), n.to_string()),
+            (format!("{p}ChunkSize"), self.chunk_size.to_string()),
+            (format!("{p}CurrentChunkSize"), self.chunk(n).len().to_string()),
+            (format!("{p}TotalSize"), self.data.len().to_string()),
+            (format!("{p}Identifier"), self.identifier.clone()),
+            (format!("{p}Filename"), self.filename.clone()),
+            (format!("{p}RelativePath"), self.filename.clone()),
+            (format!("{p}TotalChunks"), self.total_chunks().to_string()),
+        ];
+        if self.dialect == Dialect::Resumable {
+            v.push(("resumableType".into(), self.mime.clone()));
+        }
+        v
+    }
+
+    pub fn query(&self, n: usize) -> String {
+        serde_urlencoded::to_string(self.params(n)).unwrap()
+    }
+}
+
+/// A small client for the chunk endpoint.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+/// A response: status and parsed JSON (or `Null`).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub json: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Client {
+    pub fn new(server: &TestServer) -> Client {
+        Client { http: reqwest::Client::new(), base: server.url("") }
+    }
+
+    async fn reply(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, json, headers }
+    }
+
+    /// Sends chunk `n` of `up`.
+    pub async fn send(&self, up: &Upload, n: usize, via: Via) -> Reply {
+        self.send_bytes(up, n, via, up.chunk(n).to_vec()).await
+    }
+
+    /// Sends `body` as chunk `n` of `up` (for tests that lie about the bytes).
+    pub async fn send_bytes(&self, up: &Upload, n: usize, via: Via, body: Vec<u8>) -> Reply {
+        let url = format!("{}/upload", self.base);
+        let req = match via {
+            Via::Octet => self
+                .http
+                .post(format!("{url}?{}", up.query(n)))
+                .header("content-type", "application/octet-stream")
+                .body(body),
+            Via::MultipartBoth | Via::MultipartForm => {
+                let mut form = reqwest::multipart::Form::new();
+                for (k, v) in up.params(n) {
+                    form = form.text(k, v);
+                }
+                let part = reqwest::multipart::Part::bytes(body).file_name(up.filename.clone());
+                form = form.part("file", part);
+                let target = if via == Via::MultipartBoth { format!("{url}?{}", up.query(n)) } else { url };
+                self.http.post(target).multipart(form)
+            }
+        };
+        Self::reply(req.send().await.unwrap()).await
+    }
+
+    /// The GET probe for chunk `n`.
+    pub async fn probe(&self, up: &Upload, n: usize) -> Reply {
+        let url = format!("{}/upload?{}", self.base, up.query(n));
+        Self::reply(self.http.get(url).send().await.unwrap()).await
+    }
+
+    pub async fn status(&self, identifier: &str) -> Reply {
+        let q = serde_urlencoded::to_string([("resumableIdentifier", identifier)]).unwrap();
+        Self::reply(self.http.get(format!("{}/upload/status?{q}", self.base)).send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Self::reply(self.http.get(format!("{}{path}", self.base)).send().await.unwrap()).await
+    }
+
+    /// Downloads a file's bytes, asserting a 200.
+    pub async fn download(&self, file_id: &str) -> Vec<u8> {
+        let resp = self.http.get(format!("{}/files/{file_id}", self.base)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// Uploads every chunk in the given order and returns the last reply.
+    pub async fn upload_in_order(&self, up: &Upload, order: &[usize], via: Via) -> Reply {
+        let mut last = None;
+        for &n in order {
+            let r = self.send(up, n, via).await;
+            assert_eq!(r.status, 200, "chunk {n}: {:?}", r.json);
+            last = Some(r);
+        }
+        last.unwrap()
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The chunk files in the spool (committed or not).
+pub fn spool_files(data: &Path) -> Vec<PathBuf> {
+    let spool = data.join("spool");
+    if spool.exists() { files_under(&spool) } else { Vec::new() }
+}
