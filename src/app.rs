@@ -24,7 +24,10 @@ impl App {
     pub fn open(config: Config) -> io::Result<Arc<App>> {
         let data = &config.storage.data;
         std::fs::create_dir_all(data).map_err(|e| {
-            io::Error::other(format!("cannot create data directory {}: {e}", data.display()))
+            io::Error::other(format!(
+                "cannot create data directory {}: {e}",
+                data.display()
+            ))
         })?;
         let key = GlobalKey::load_or_create(&config.storage.key_path())?;
         let index = Index::open(&data.join("index.sqlite"), config.storage.durability)
@@ -41,7 +44,13 @@ impl App {
         }
         let spool = Spool::open(data.join("spool"), config.storage.durability)?;
         let cors = Cors::new(&config.net.cors_origins);
-        Ok(Arc::new(App { config, index, spool, key, cors }))
+        Ok(Arc::new(App {
+            config,
+            index,
+            spool,
+            key,
+            cors,
+        }))
     }
 
     /// Runs blocking work (SQLite, file I/O, fsync) off the async threads.

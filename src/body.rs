@@ -16,12 +16,16 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body held in memory (small: JSON and short texts).
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A JSON response with the given status.
@@ -37,5 +41,8 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
 
 /// A response with no body.
 pub fn status_only(status: StatusCode) -> Response<Body> {
-    Response::builder().status(status).body(empty()).expect("no headers")
+    Response::builder()
+        .status(status)
+        .body(empty())
+        .expect("no headers")
 }

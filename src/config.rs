@@ -42,7 +42,11 @@ pub struct NetConfig {
     /// Origins allowed to call chunkd from a browser page (CORS), comma-separated, such as
     /// `https://app.example.com`. `*` allows any origin, without credentials. By default only
     /// pages served by chunkd itself (same origin) may upload.
-    #[arg(long = "cors-origin", env = "CHUNKD_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "CHUNKD_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Directory of static files served at `/` (the demo page).
@@ -98,7 +102,9 @@ pub struct Limits {
 impl StorageConfig {
     /// The key file actually used.
     pub fn key_path(&self) -> PathBuf {
-        self.key_file.clone().unwrap_or_else(|| self.data.join("chunkd.key"))
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data.join("chunkd.key"))
     }
 }
 
@@ -126,24 +132,31 @@ fn parse_upload_path(s: &str) -> Result<String, String> {
         && s != "/files"
         && !s.starts_with("/files/")
         && !s.contains("//")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
     if ok {
         Ok(s.to_string())
     } else {
-        Err("must look like /upload: start with /, not end with /, not be / or under /files, \
+        Err(
+            "must look like /upload: start with /, not end with /, not be / or under /files, \
              and use only letters, digits and - _ . ~"
-            .into())
+                .into(),
+        )
     }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("`{s}` is not a number of seconds"))
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{s}` is not a number of seconds"))
 }
 
 /// Parses `1048576`, `100MB`, `64GiB`, `1.5G`...
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -177,7 +190,9 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_upload_path("/upload").is_ok());
-        for bad in ["/", "upload", "/upload/", "/files", "/files/x", "/a//b", "/a?b"] {
+        for bad in [
+            "/", "upload", "/upload/", "/files", "/files/x", "/a//b", "/a?b",
+        ] {
             assert!(parse_upload_path(bad).is_err(), "{bad}");
         }
     }

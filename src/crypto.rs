@@ -30,9 +30,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use aes::Aes256;
-use aes::cipher::{
-    Array, BlockCipherEncrypt, BlockModeDecrypt, InnerIvInit, KeyInit,
-};
+use aes::cipher::{Array, BlockCipherEncrypt, BlockModeDecrypt, InnerIvInit, KeyInit};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Bytes in one segment, the unit of one CBC chain. Small enough that a batch of segments in
@@ -47,7 +45,9 @@ type Block = Array<u8, aes::cipher::consts::U16>;
 
 /// Fills `buf` from the system CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) {
-    SystemRandom::new().fill(buf).expect("the system random generator failed");
+    SystemRandom::new()
+        .fill(buf)
+        .expect("the system random generator failed");
 }
 
 /// A random 64-bit value, for chunk write nonces.
@@ -116,13 +116,14 @@ impl GlobalKey {
                 let text = fs::read_to_string(path).map_err(|e| {
                     io::Error::other(format!("cannot read key file {}: {e}", path.display()))
                 })?;
-                let raw = parse_hex::<48>(text.trim_end_matches(['\n', '\r'])).ok_or_else(|| {
-                    io::Error::other(format!(
-                        "key file {} must hold exactly 96 hex digits (a 32-byte key and a \
+                let raw =
+                    parse_hex::<48>(text.trim_end_matches(['\n', '\r'])).ok_or_else(|| {
+                        io::Error::other(format!(
+                            "key file {} must hold exactly 96 hex digits (a 32-byte key and a \
                          16-byte IV), e.g. from `openssl rand -hex 48`",
-                        path.display()
-                    ))
-                })?;
+                            path.display()
+                        ))
+                    })?;
                 Ok(Self::from_bytes(&raw))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -186,7 +187,10 @@ impl GlobalKey {
         let mut buf = blob[16..].to_vec();
         let iv: [u8; 16] = blob[..16].try_into().ok()?;
         cbc_decrypt(&self.cipher, &iv, &mut buf);
-        Some(FileKeys { key: buf[..32].try_into().ok()?, iv: buf[32..].try_into().ok()? })
+        Some(FileKeys {
+            key: buf[..32].try_into().ok()?,
+            iv: buf[32..].try_into().ok()?,
+        })
     }
 }
 
@@ -208,7 +212,10 @@ impl FileKeys {
     pub fn generate() -> Self {
         let mut raw = [0u8; 48];
         random_bytes(&mut raw);
-        FileKeys { key: raw[..32].try_into().unwrap(), iv: raw[32..].try_into().unwrap() }
+        FileKeys {
+            key: raw[..32].try_into().unwrap(),
+            iv: raw[32..].try_into().unwrap(),
+        }
     }
 }
 
@@ -349,7 +356,17 @@ mod tests {
         let g = global();
         let keys = FileKeys::generate();
         let fc = FileCipher::new(&g, &keys);
-        for len in [0usize, 1, 15, 16, 17, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5, 9 * SEGMENT + 100] {
+        for len in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            SEGMENT - 1,
+            SEGMENT,
+            3 * SEGMENT + 5,
+            9 * SEGMENT + 100,
+        ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let mut buf = plain.clone();
             pad(&mut buf);
@@ -361,10 +378,15 @@ mod tests {
                 let (iv_in, iv_out) = fc.segment_ivs(42, 3, s as u32);
                 let mut x = seg.to_vec();
                 let (blocks, _) = Block::slice_as_chunks_mut(&mut x);
-                cbc::Encryptor::<Aes256>::new(&keys.key.into(), &iv_in.into()).encrypt_blocks(blocks);
+                cbc::Encryptor::<Aes256>::new(&keys.key.into(), &iv_in.into())
+                    .encrypt_blocks(blocks);
                 let raw_g: [u8; 32] = std::array::from_fn(|i| i as u8);
                 cbc::Encryptor::<Aes256>::new(&raw_g.into(), &iv_out.into()).encrypt_blocks(blocks);
-                assert_eq!(&buf[s * SEGMENT..][..seg.len()], &x[..], "len {len} segment {s}");
+                assert_eq!(
+                    &buf[s * SEGMENT..][..seg.len()],
+                    &x[..],
+                    "len {len} segment {s}"
+                );
             }
             fc.open_segments(42, 3, 0, &mut buf);
             assert_eq!(&buf[..len], &plain[..]);
@@ -381,7 +403,11 @@ mod tests {
         assert_ne!(base, a.segment_ivs(2, 1, 0));
         assert_ne!(base, a.segment_ivs(1, 2, 0));
         assert_ne!(base, a.segment_ivs(1, 1, 1));
-        assert_ne!(base.1, b.segment_ivs(1, 1, 0).1, "outer IVs under the shared key differ per file");
+        assert_ne!(
+            base.1,
+            b.segment_ivs(1, 1, 0).1,
+            "outer IVs under the shared key differ per file"
+        );
     }
 
     #[test]
@@ -402,13 +428,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         let a = GlobalKey::load_or_create(&p).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let b = GlobalKey::load_or_create(&p).unwrap();
         assert_eq!(a.check_value(), b.check_value());
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(GlobalKey::load_or_create(&p).unwrap_err().to_string().contains("chmod 600"));
+        assert!(
+            GlobalKey::load_or_create(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(&p, "abcd\n").unwrap();
-        assert!(GlobalKey::load_or_create(&p).unwrap_err().to_string().contains("96 hex digits"));
+        assert!(
+            GlobalKey::load_or_create(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("96 hex digits")
+        );
     }
 }

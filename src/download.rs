@@ -31,10 +31,17 @@ const BATCH: usize = 8 * SEGMENT;
 const IN_FLIGHT: usize = 4;
 
 /// `GET` or `HEAD /files/{id}`.
-pub async fn download(app: &Arc<App>, req: Request<Incoming>, file_id: String) -> Result<Response<Body>> {
+pub async fn download(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    file_id: String,
+) -> Result<Response<Body>> {
     let file = app
         .blocking(move |app| {
-            let file = app.index.file(ANONYMOUS, &file_id)?.ok_or(Error::NotFound("file"))?;
+            let file = app
+                .index
+                .file(ANONYMOUS, &file_id)?
+                .ok_or(Error::NotFound("file"))?;
             check_spool(app, &file)?;
             Ok(file)
         })
@@ -74,7 +81,10 @@ pub fn serve(app: &Arc<App>, req: &Request<Incoming>, file: FileRow) -> Result<R
     if let Some(inm) = text(header::IF_NONE_MATCH)
         && etag_matches(inm, &etag)
     {
-        return Ok(builder.status(StatusCode::NOT_MODIFIED).body(body::empty()).expect("valid"));
+        return Ok(builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(body::empty())
+            .expect("valid"));
     }
 
     let range_applies = match text(header::IF_RANGE) {
@@ -92,7 +102,10 @@ pub fn serve(app: &Arc<App>, req: &Request<Incoming>, file: FileRow) -> Result<R
         RangeSpec::Unsatisfiable => return Err(Error::RangeNotSatisfiable(len)),
     };
     if status == StatusCode::PARTIAL_CONTENT {
-        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1));
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1),
+        );
     }
     let builder = builder
         .status(status)
@@ -106,11 +119,16 @@ pub fn serve(app: &Arc<App>, req: &Request<Incoming>, file: FileRow) -> Result<R
     } else {
         stream_plaintext(app, file, start, end)
     };
-    builder.body(body).map_err(|e| Error::Internal(e.to_string()))
+    builder
+        .body(body)
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 fn etag_matches(header_value: &str, etag: &str) -> bool {
-    header_value.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+    header_value
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
 }
 
 /// The outcome of a `Range` header against a file of known length.
@@ -126,11 +144,15 @@ pub enum RangeSpec {
 
 /// Parses a single `bytes=` range (RFC 9110 §14.1.2).
 pub fn parse_range(value: &str, len: u64) -> RangeSpec {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeSpec::Full };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Full;
+    };
     if spec.contains(',') {
         return RangeSpec::Full;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeSpec::Full };
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Full;
+    };
     let num = |s: &str| -> Option<u64> {
         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
             None
@@ -146,7 +168,9 @@ pub fn parse_range(value: &str, len: u64) -> RangeSpec {
             Some(n) => RangeSpec::Partial(len - n.min(len), len - 1),
         },
         (first, last) => {
-            let Some(first) = num(first) else { return RangeSpec::Full };
+            let Some(first) = num(first) else {
+                return RangeSpec::Full;
+            };
             let last = if last.is_empty() {
                 u64::MAX
             } else {
@@ -172,7 +196,8 @@ pub fn safe_content_type(mime: &str) -> String {
     let token = |s: &str| {
         !s.is_empty()
             && s.len() <= 127
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     match mime.split_once('/') {
         Some((t, s)) if token(t) && token(s) => mime.to_ascii_lowercase(),
@@ -184,10 +209,20 @@ pub fn safe_content_type(mime: &str) -> String {
 /// backslashes, semicolons, slashes and control characters cannot reach the quoted fallback.
 pub fn content_disposition(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let base = if base.is_empty() || base == "." || base == ".." { "download" } else { base };
+    let base = if base.is_empty() || base == "." || base == ".." {
+        "download"
+    } else {
+        base
+    };
     let fallback: String = base
         .chars()
-        .map(|c| if c.is_ascii_graphic() && !"\"\\;%".contains(c) || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && !"\"\\;%".contains(c) || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'!')
@@ -244,14 +279,21 @@ fn read_range(
         let whole = a == 0 && b == c.len;
         let sealed = crypto::sealed_len(c.len);
         let path = app.spool.chunk_path(&file.upload_id, c.number, c.nonce)?;
-        let mut f = File::open(&path).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        let mut f =
+            File::open(&path).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
         let mut pos = a - a % SEGMENT as u64;
         f.seek(SeekFrom::Start(pos))?;
         let mut hasher = Xxh3::new();
         while pos < b {
             let n = (BATCH as u64).min(sealed - pos) as usize;
-            f.read_exact(&mut buf[..n]).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
-            cipher.open_segments(c.nonce, c.number as u32, (pos / SEGMENT as u64) as u32, &mut buf[..n]);
+            f.read_exact(&mut buf[..n])
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+            cipher.open_segments(
+                c.nonce,
+                c.number as u32,
+                (pos / SEGMENT as u64) as u32,
+                &mut buf[..n],
+            );
             let at_end = pos + n as u64 == sealed;
             if at_end {
                 check_padding(&buf[..n], c.len - pos)?;
@@ -260,12 +302,19 @@ fn read_range(
             if whole {
                 hasher.update(&buf[..(plain_end - pos) as usize]);
                 if at_end && hasher.digest() != c.hash {
-                    return Err(Error::Corrupt(format!("chunk {} of file {} fails its hash", c.number, file.id)));
+                    return Err(Error::Corrupt(format!(
+                        "chunk {} of file {} fails its hash",
+                        c.number, file.id
+                    )));
                 }
             }
             let from = a.max(pos) - pos;
             let to = b.min(plain_end) - pos;
-            if to > from && tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[from as usize..to as usize]))).is_err() {
+            if to > from
+                && tx
+                    .blocking_send(Ok(Bytes::copy_from_slice(&buf[from as usize..to as usize])))
+                    .is_err()
+            {
                 return Ok(());
             }
             pos += n as u64;
@@ -277,8 +326,13 @@ fn read_range(
 /// Checks the PKCS#7 padding after the chunk's last plaintext byte (`plain` bytes into `buf`).
 fn check_padding(buf: &[u8], plain: u64) -> Result<()> {
     let p = buf.len() as u64 - plain;
-    let ok = (1..=BLOCK as u64).contains(&p) && buf[plain as usize..].iter().all(|&x| x as u64 == p);
-    if ok { Ok(()) } else { Err(Error::Corrupt("bad padding".into())) }
+    let ok =
+        (1..=BLOCK as u64).contains(&p) && buf[plain as usize..].iter().all(|&x| x as u64 == p);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Corrupt("bad padding".into()))
+    }
 }
 
 #[cfg(test)]
@@ -293,7 +347,10 @@ mod tests {
         assert_eq!(parse_range("bytes=-3", 10), Partial(7, 9));
         assert_eq!(parse_range("bytes=-30", 10), Partial(0, 9));
         assert_eq!(parse_range("bytes=5-100", 10), Partial(5, 9));
-        assert_eq!(parse_range("bytes=5-99999999999999999999999", 10), Partial(5, 9));
+        assert_eq!(
+            parse_range("bytes=5-99999999999999999999999", 10),
+            Partial(5, 9)
+        );
         assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
@@ -308,7 +365,13 @@ mod tests {
     fn dispositions_cannot_break_out() {
         let cd = content_disposition("a\"; filename=evil.html; x=\"\r\n.txt");
         assert!(!cd.contains('\r') && !cd.contains('\n'));
-        let fallback = cd.split("filename=\"").nth(1).unwrap().split('"').next().unwrap();
+        let fallback = cd
+            .split("filename=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert!(!fallback.contains(';'));
         assert!(cd.ends_with(".txt"));
         assert_eq!(
@@ -323,7 +386,13 @@ mod tests {
     fn content_types() {
         assert_eq!(safe_content_type("image/png"), "image/png");
         assert_eq!(safe_content_type(""), "application/octet-stream");
-        assert_eq!(safe_content_type("text/html\r\nx: y"), "application/octet-stream");
-        assert_eq!(safe_content_type("text/html; charset=utf-8"), "application/octet-stream");
+        assert_eq!(
+            safe_content_type("text/html\r\nx: y"),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            safe_content_type("text/html; charset=utf-8"),
+            "application/octet-stream"
+        );
     }
 }

@@ -28,7 +28,9 @@ pub enum Error {
     IdentityConflict(String),
     /// A chunk sent again holds other bytes than the committed one: another file under the same
     /// identifier.
-    #[error("chunk {0} was already stored with different bytes: another file is using this identifier")]
+    #[error(
+        "chunk {0} was already stored with different bytes: another file is using this identifier"
+    )]
     ChunkDiffers(u64),
     /// The declared file is larger than `--max-file-size`.
     #[error("the file is {size} bytes, more than this server accepts ({limit} bytes)")]
@@ -78,10 +80,14 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         use Error::*;
         match self {
-            MissingParam(_) | InvalidParam { .. } | Geometry(_) | IdentityConflict(_)
-            | ChunkDiffers(_) | FileTooLarge { .. } | Multipart(_) | BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            MissingParam(_)
+            | InvalidParam { .. }
+            | Geometry(_)
+            | IdentityConflict(_)
+            | ChunkDiffers(_)
+            | FileTooLarge { .. }
+            | Multipart(_)
+            | BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound(_) => StatusCode::NOT_FOUND,
@@ -150,7 +156,10 @@ impl Error {
 
     /// Shorthand for [`Error::InvalidParam`].
     pub fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidParam { name, reason: reason.into() }
+        Error::InvalidParam {
+            name,
+            reason: reason.into(),
+        }
     }
 }
 

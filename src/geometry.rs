@@ -67,7 +67,11 @@ fn size_of(size: u64, cs: u64, t: u64, n: u64) -> u64 {
 impl Shape {
     /// The shape of a new upload, from the request that creates it.
     pub fn new(total_size: u64) -> Self {
-        Shape { total_size, chunk_size: None, total_chunks: None }
+        Shape {
+            total_size,
+            chunk_size: None,
+            total_chunks: None,
+        }
     }
 
     /// Whether the geometry is fully known (both the chunk size and the count).
@@ -86,10 +90,14 @@ impl Shape {
             )));
         }
         if d.chunk_size == Some(0) {
-            return Err(Error::Geometry("the chunk size must be at least 1 byte".into()));
+            return Err(Error::Geometry(
+                "the chunk size must be at least 1 byte".into(),
+            ));
         }
         if d.total_chunks == Some(0) {
-            return Err(Error::Geometry("the total number of chunks must be at least 1".into()));
+            return Err(Error::Geometry(
+                "the total number of chunks must be at least 1".into(),
+            ));
         }
         if d.number == 0 {
             return Err(Error::Geometry("chunk numbers start at 1".into()));
@@ -115,7 +123,11 @@ impl Shape {
                     } else {
                         return Err(Error::Geometry(format!(
                             "{s} bytes in chunks of {cs} bytes make {f}{} chunks, not {dt}",
-                            if f == c { String::new() } else { format!(" or {c}") }
+                            if f == c {
+                                String::new()
+                            } else {
+                                format!(" or {c}")
+                            }
                         )));
                     }
                 }
@@ -167,7 +179,11 @@ impl Shape {
                 _ => {}
             }
         }
-        let merged = Shape { total_size: s, chunk_size: cs, total_chunks: t };
+        let merged = Shape {
+            total_size: s,
+            chunk_size: cs,
+            total_chunks: t,
+        };
         if let Some(cur) = d.current_size {
             let ok = match merged.expect(d.number) {
                 Expect::Exactly(e) => cur == e,
@@ -276,18 +292,37 @@ mod tests {
     use super::*;
 
     fn d(n: u64, s: u64, cs: Option<u64>, t: Option<u64>, cur: Option<u64>) -> Declared {
-        Declared { number: n, total_size: s, chunk_size: cs, total_chunks: t, current_size: cur }
+        Declared {
+            number: n,
+            total_size: s,
+            chunk_size: cs,
+            total_chunks: t,
+            current_size: cur,
+        }
     }
 
     /// Runs a whole upload through merge/expect/settle with the real cutting rule.
     fn cut(s: u64, cs: u64, force: bool) -> Vec<u64> {
-        let t = if force { s.div_ceil(cs).max(1) } else { (s / cs).max(1) };
-        (1..=t).map(|n| if n < t { cs } else { s - (t - 1) * cs }).collect()
+        let t = if force {
+            s.div_ceil(cs).max(1)
+        } else {
+            (s / cs).max(1)
+        };
+        (1..=t)
+            .map(|n| if n < t { cs } else { s - (t - 1) * cs })
+            .collect()
     }
 
     #[test]
     fn both_modes_are_accepted_in_any_order() {
-        for (s, cs) in [(10, 4), (12, 4), (3, 4), (0, 4), (1, 1), (1_048_577, 1_048_576)] {
+        for (s, cs) in [
+            (10, 4),
+            (12, 4),
+            (3, 4),
+            (0, 4),
+            (1, 1),
+            (1_048_577, 1_048_576),
+        ] {
             for force in [false, true] {
                 let sizes = cut(s, cs, force);
                 let t = sizes.len() as u64;
@@ -311,27 +346,55 @@ mod tests {
     #[test]
     fn wrong_sizes_and_counts_are_rejected() {
         let s = Shape::new(10);
-        assert!(matches!(s.merge(&d(1, 10, Some(4), Some(4), None)), Err(Error::Geometry(_))));
-        assert!(matches!(s.merge(&d(3, 10, Some(4), Some(2), None)), Err(Error::Geometry(_))));
-        assert!(matches!(s.merge(&d(1, 10, Some(4), Some(2), Some(3))), Err(Error::Geometry(_))));
-        assert!(matches!(s.merge(&d(2, 10, Some(4), Some(2), Some(4))), Err(Error::Geometry(_))));
-        assert!(matches!(s.merge(&d(0, 10, Some(4), Some(2), None)), Err(Error::Geometry(_))));
-        assert!(matches!(s.merge(&d(1, 10, Some(0), Some(2), None)), Err(Error::Geometry(_))));
-        assert!(matches!(s.merge(&d(1, 11, Some(4), Some(2), None)), Err(Error::IdentityConflict(_))));
+        assert!(matches!(
+            s.merge(&d(1, 10, Some(4), Some(4), None)),
+            Err(Error::Geometry(_))
+        ));
+        assert!(matches!(
+            s.merge(&d(3, 10, Some(4), Some(2), None)),
+            Err(Error::Geometry(_))
+        ));
+        assert!(matches!(
+            s.merge(&d(1, 10, Some(4), Some(2), Some(3))),
+            Err(Error::Geometry(_))
+        ));
+        assert!(matches!(
+            s.merge(&d(2, 10, Some(4), Some(2), Some(4))),
+            Err(Error::Geometry(_))
+        ));
+        assert!(matches!(
+            s.merge(&d(0, 10, Some(4), Some(2), None)),
+            Err(Error::Geometry(_))
+        ));
+        assert!(matches!(
+            s.merge(&d(1, 10, Some(0), Some(2), None)),
+            Err(Error::Geometry(_))
+        ));
+        assert!(matches!(
+            s.merge(&d(1, 11, Some(4), Some(2), None)),
+            Err(Error::IdentityConflict(_))
+        ));
         let m = s.merge(&d(2, 10, Some(4), Some(2), None)).unwrap();
         assert!(m.settle(2, 5).is_err());
         assert!(m.settle(2, 6).is_ok());
         // Known count, another count declared: another file.
-        assert!(matches!(m.merge(&d(1, 10, Some(4), Some(3), None)), Err(Error::IdentityConflict(_))));
+        assert!(matches!(
+            m.merge(&d(1, 10, Some(4), Some(3), None)),
+            Err(Error::IdentityConflict(_))
+        ));
     }
 
     #[test]
     fn a_fluctuating_count_from_resumable_1_1_0_is_ignored() {
         // 100 bytes in chunks of 10 while the client had built only 3 chunk objects.
-        let s = Shape::new(100).merge(&d(2, 100, Some(10), Some(3), Some(10))).unwrap();
+        let s = Shape::new(100)
+            .merge(&d(2, 100, Some(10), Some(3), Some(10)))
+            .unwrap();
         assert_eq!(s.total_chunks, Some(10));
         // With an undecided mode the count stays open.
-        let s = Shape::new(105).merge(&d(2, 105, Some(10), Some(3), None)).unwrap();
+        let s = Shape::new(105)
+            .merge(&d(2, 105, Some(10), Some(3), None))
+            .unwrap();
         assert_eq!(s.total_chunks, None);
         assert_eq!(s.expect(10), Expect::OneOf(10, 15));
         assert_eq!(s.settle(10, 15).unwrap().total_chunks, Some(10));
@@ -339,13 +402,19 @@ mod tests {
         assert_eq!(s.settle(11, 5).unwrap().total_chunks, Some(11));
         assert!(s.settle(10, 12).is_err());
         // A count above the valid ones is never a fluctuation.
-        assert!(Shape::new(105).merge(&d(2, 105, Some(10), Some(30), None)).is_err());
+        assert!(
+            Shape::new(105)
+                .merge(&d(2, 105, Some(10), Some(30), None))
+                .is_err()
+        );
     }
 
     #[test]
     fn twake_names_learn_the_chunk_size() {
         // 149,999,999 bytes in 2 chunks of 50,000,000 (floor): the last holds 99,999,999.
-        let s = Shape::new(149_999_999).merge(&d(2, 149_999_999, None, Some(2), None)).unwrap();
+        let s = Shape::new(149_999_999)
+            .merge(&d(2, 149_999_999, None, Some(2), None))
+            .unwrap();
         assert_eq!(s.expect(2), Expect::AtMost(149_999_999));
         let learnt = s.settle(2, 99_999_999).unwrap();
         assert_eq!(learnt.chunk_size, Some(50_000_000));
@@ -360,6 +429,9 @@ mod tests {
         let one = Shape::new(5).merge(&d(1, 5, None, Some(1), None)).unwrap();
         assert!(one.settle(1, 4).is_err());
         assert!(one.settle(1, 5).is_ok());
-        assert!(matches!(Shape::new(5).merge(&d(1, 5, None, None, None)), Err(Error::MissingParam(_))));
+        assert!(matches!(
+            Shape::new(5).merge(&d(1, 5, None, None, None)),
+            Err(Error::MissingParam(_))
+        ));
     }
 }

@@ -42,7 +42,10 @@ pub struct Params {
 impl Params {
     /// Parses a raw query string strictly (see [`parse_query`]).
     pub fn from_query(raw: Option<&str>) -> Result<Self> {
-        Ok(Params { form: Vec::new(), query: parse_query(raw.unwrap_or(""))? })
+        Ok(Params {
+            form: Vec::new(),
+            query: parse_query(raw.unwrap_or(""))?,
+        })
     }
 
     /// The one value given under any of `names`; form fields win over the query string.
@@ -78,11 +81,15 @@ impl Params {
     }
 
     fn number(&self, names: &'static [&'static str]) -> Result<Option<u64>> {
-        self.get(names)?.map(|v| parse_number(names[0], v)).transpose()
+        self.get(names)?
+            .map(|v| parse_number(names[0], v))
+            .transpose()
     }
 
     fn text(&self, names: &'static [&'static str], max: usize) -> Result<Option<String>> {
-        self.get(names)?.map(|v| clean_text(names[0], v, max)).transpose()
+        self.get(names)?
+            .map(|v| clean_text(names[0], v, max))
+            .transpose()
     }
 
     /// The identifier of the upload, for the status call and the probe.
@@ -103,10 +110,12 @@ impl Params {
             Some(id) => id,
             None => self.identifier()?,
         };
-        let number =
-            self.number(names::NUMBER)?.ok_or(Error::MissingParam("resumableChunkNumber"))?;
-        let total_size =
-            self.number(names::TOTAL_SIZE)?.ok_or(Error::MissingParam("resumableTotalSize"))?;
+        let number = self
+            .number(names::NUMBER)?
+            .ok_or(Error::MissingParam("resumableChunkNumber"))?;
+        let total_size = self
+            .number(names::TOTAL_SIZE)?
+            .ok_or(Error::MissingParam("resumableTotalSize"))?;
         let filename = self
             .text(names::FILENAME, MAX_FILENAME)?
             .ok_or(Error::MissingParam("resumableFilename"))?;
@@ -164,10 +173,17 @@ fn decode_component(s: &str) -> Result<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
-                    Error::invalid("query", "bad percent-encoding (a % must be followed by two hex digits)")
-                })?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "query",
+                            "bad percent-encoding (a % must be followed by two hex digits)",
+                        )
+                    })?;
                 out.push(byte);
                 i += 2;
             }
@@ -181,9 +197,13 @@ fn decode_component(s: &str) -> Result<String> {
 /// Parses a decimal count: ASCII digits only, no sign, no overflow.
 pub fn parse_number(name: &'static str, v: &str) -> Result<u64> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Error::invalid(name, format!("`{}` is not a whole number", truncate(v, 40))));
+        return Err(Error::invalid(
+            name,
+            format!("`{}` is not a whole number", truncate(v, 40)),
+        ));
     }
-    v.parse::<u64>().map_err(|_| Error::invalid(name, "the number is too large"))
+    v.parse::<u64>()
+        .map_err(|_| Error::invalid(name, "the number is too large"))
 }
 
 /// Checks a client string that will be stored as data: bounded length, no control characters.
@@ -223,7 +243,10 @@ mod tests {
             .chunk(None)
             .unwrap();
         assert_eq!(r.declared, f.declared);
-        assert_eq!((r.filename.as_str(), r.relative_path.as_str()), ("a b.txt", "d/a b.txt"));
+        assert_eq!(
+            (r.filename.as_str(), r.relative_path.as_str()),
+            ("a b.txt", "d/a b.txt")
+        );
         assert_eq!(f.relative_path, "d/a b.txt");
         assert_eq!(r.mime, "text/plain");
         let t = q("chunk_number=1&total_chunks=2&total_size=10&filename=x&type=image%2Fpng")
@@ -242,7 +265,10 @@ mod tests {
         p.form.push(("resumableIdentifier".into(), "y".into()));
         assert!(p.identifier().is_err());
         assert!(q("flowIdentifier=a&flowIdentifier=b").identifier().is_err());
-        assert_eq!(q("flowIdentifier=a&flowIdentifier=a").identifier().unwrap(), "a");
+        assert_eq!(
+            q("flowIdentifier=a&flowIdentifier=a").identifier().unwrap(),
+            "a"
+        );
         let mut p = q("resumableIdentifier=q");
         p.form.push(("resumableIdentifier".into(), "f".into()));
         assert!(p.identifier().is_err());
@@ -255,8 +281,18 @@ mod tests {
         assert!(Params::from_query(Some("a=%ff%fe")).is_err());
         assert!(q("resumableIdentifier=a%00b").identifier().is_err());
         assert!(q("resumableIdentifier=a%0Ab").identifier().is_err());
-        assert!(q(&format!("resumableIdentifier={}", "a".repeat(MAX_IDENTIFIER + 1))).identifier().is_err());
-        assert_eq!(q("resumableIdentifier=..%2F..%2Fetc").identifier().unwrap(), "../../etc");
+        assert!(
+            q(&format!(
+                "resumableIdentifier={}",
+                "a".repeat(MAX_IDENTIFIER + 1)
+            ))
+            .identifier()
+            .is_err()
+        );
+        assert_eq!(
+            q("resumableIdentifier=..%2F..%2Fetc").identifier().unwrap(),
+            "../../etc"
+        );
         for bad in ["-1", "+1", "1e3", "0x10", "", " 1", "18446744073709551616"] {
             assert!(parse_number("n", bad).is_err(), "{bad}");
         }

@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 use crate::{download, upload};
 
 /// The service function: every request gets a response, errors included, with CORS headers.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> std::result::Result<Response<Body>, Infallible> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> std::result::Result<Response<Body>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut resp = if req.method() == Method::OPTIONS {
         app.cors.preflight(origin.as_ref(), req.headers())
@@ -35,13 +38,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         return match method {
             Method::GET | Method::HEAD => upload::probe(app, req).await,
             Method::POST | Method::PUT => upload::post_chunk(app, req).await,
-            _ => Err(Error::MethodNotAllowed { allow: "GET, HEAD, POST, PUT, OPTIONS" }),
+            _ => Err(Error::MethodNotAllowed {
+                allow: "GET, HEAD, POST, PUT, OPTIONS",
+            }),
         };
     }
     if path.strip_prefix(upload_path) == Some("/status") {
         return match method {
             Method::GET | Method::HEAD => upload::status(app, req).await,
-            _ => Err(Error::MethodNotAllowed { allow: "GET, HEAD, OPTIONS" }),
+            _ => Err(Error::MethodNotAllowed {
+                allow: "GET, HEAD, OPTIONS",
+            }),
         };
     }
     if let Some(id) = path.strip_prefix("/files/") {
@@ -50,11 +57,15 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         }
         return match method {
             Method::GET | Method::HEAD => download::download(app, req, id.to_string()).await,
-            _ => Err(Error::MethodNotAllowed { allow: "GET, HEAD, OPTIONS" }),
+            _ => Err(Error::MethodNotAllowed {
+                allow: "GET, HEAD, OPTIONS",
+            }),
         };
     }
     match method {
-        Method::GET | Method::HEAD => static_file(&app.config.net.static_dir, &path, method == Method::HEAD).await,
+        Method::GET | Method::HEAD => {
+            static_file(&app.config.net.static_dir, &path, method == Method::HEAD).await
+        }
         _ => Err(Error::NotFound("route")),
     }
 }
@@ -62,12 +73,18 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
 /// Serves a file from the static directory. The path is made of plain names only (no `..`, no
 /// hidden files), so it never leaves that directory.
 async fn static_file(root: &Path, path: &str, head: bool) -> Result<Response<Body>> {
-    let rel = if path == "/" { "index.html" } else { path.trim_start_matches('/') };
+    let rel = if path == "/" {
+        "index.html"
+    } else {
+        path.trim_start_matches('/')
+    };
     let decoded = percent_encoding::percent_decode_str(rel)
         .decode_utf8()
         .map_err(|_| Error::NotFound("file"))?;
     let rel_path = Path::new(decoded.as_ref());
-    let plain = rel_path.components().all(|c| matches!(c, Component::Normal(s) if !s.to_string_lossy().starts_with('.')));
+    let plain = rel_path
+        .components()
+        .all(|c| matches!(c, Component::Normal(s) if !s.to_string_lossy().starts_with('.')));
     if !plain || decoded.contains('\\') || decoded.contains('\0') {
         return Err(Error::NotFound("file"));
     }
@@ -92,7 +109,11 @@ async fn static_file(root: &Path, path: &str, head: bool) -> Result<Response<Bod
         .header(header::CONTENT_TYPE, ctype)
         .header(header::CONTENT_LENGTH, len)
         .header("x-content-type-options", "nosniff")
-        .body(if head { body::empty() } else { body::full(data) })
+        .body(if head {
+            body::empty()
+        } else {
+            body::full(data)
+        })
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
@@ -105,7 +126,8 @@ pub struct Cors {
 /// Methods the upload libraries and the Files API use.
 const ALLOW_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
 /// Headers a page may need to read from a response.
-const EXPOSE: &str = "Content-Length, Content-Range, Content-Disposition, ETag, Retry-After, Accept-Ranges";
+const EXPOSE: &str =
+    "Content-Length, Content-Range, Content-Disposition, ETag, Retry-After, Accept-Ranges";
 /// How long a browser may reuse a preflight answer, in seconds (Chromium caps it at 7200).
 const MAX_AGE: &str = "7200";
 
@@ -113,7 +135,11 @@ impl Cors {
     pub fn new(origins: &[String]) -> Self {
         let mut any = false;
         let mut listed = HashSet::new();
-        for o in origins.iter().map(|o| o.trim().trim_end_matches('/')).filter(|o| !o.is_empty()) {
+        for o in origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/'))
+            .filter(|o| !o.is_empty())
+        {
             if o == "*" {
                 any = true;
             } else {
@@ -141,13 +167,22 @@ impl Cors {
         let h = resp.headers_mut();
         h.insert(header::ALLOW, HeaderValue::from_static(ALLOW_METHODS));
         if origin.and_then(|o| self.allows(o)).is_some() {
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOW_METHODS));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOW_METHODS),
+            );
             if let Some(asked) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-                && asked.to_str().is_ok_and(|s| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b)))
+                && asked.to_str().is_ok_and(|s| {
+                    s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b))
+                })
             {
                 h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
             }
-            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(MAX_AGE));
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static(MAX_AGE),
+            );
         }
         resp
     }
@@ -156,13 +191,24 @@ impl Cors {
     pub fn decorate(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
         let Some(origin) = origin else { return };
         h.append(header::VARY, HeaderValue::from_static("Origin"));
-        let Some(credentials) = self.allows(origin) else { return };
+        let Some(credentials) = self.allows(origin) else {
+            return;
+        };
         if credentials {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         } else {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
         }
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE),
+        );
     }
 }

@@ -63,7 +63,13 @@ pub fn download_url(file_id: &str) -> String {
     format!("/files/{file_id}")
 }
 
-fn reply(row: &UploadRow, chunk: u64, received: u64, total: Option<u64>, complete: bool) -> ChunkReply {
+fn reply(
+    row: &UploadRow,
+    chunk: u64,
+    received: u64,
+    total: Option<u64>,
+    complete: bool,
+) -> ChunkReply {
     ChunkReply {
         identifier: row.identifier.clone(),
         file_id: row.file_id.clone(),
@@ -123,7 +129,10 @@ pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
     let id = Params::from_query(req.uri().query())?.identifier()?;
     let reply = app
         .blocking(move |app| {
-            let row = app.index.find(ANONYMOUS, &id)?.ok_or(Error::NotFound("upload"))?;
+            let row = app
+                .index
+                .find(ANONYMOUS, &id)?
+                .ok_or(Error::NotFound("upload"))?;
             let received = app.index.received(&row.id)?;
             let complete = row.completed_at.is_some();
             Ok(StatusReply {
@@ -171,7 +180,10 @@ pub async fn store_chunk(
     let limits = &app.config.limits;
     let d = chunk.declared;
     if d.total_size > limits.max_file_size {
-        return Err(Error::FileTooLarge { size: d.total_size, limit: limits.max_file_size });
+        return Err(Error::FileTooLarge {
+            size: d.total_size,
+            limit: limits.max_file_size,
+        });
     }
     if d.number > u32::MAX as u64 {
         return Err(Error::Geometry("more than 4,294,967,295 chunks".into()));
@@ -209,7 +221,13 @@ pub async fn store_chunk(
             return Err(Error::ChunkDiffers(d.number));
         }
         let complete = row.completed_at.is_some();
-        let body = reply(&row, d.number, row.received, row.shape.total_chunks, complete);
+        let body = reply(
+            &row,
+            d.number,
+            row.received,
+            row.shape.total_chunks,
+            complete,
+        );
         return Ok(json_response(StatusCode::OK, &body));
     }
 
@@ -248,21 +266,35 @@ pub async fn store_chunk(
     let commit = app
         .blocking(move |app| {
             app.spool.finish_chunk(file, &upload_id)?;
-            let row = ChunkRow { number, len, nonce, hash };
+            let row = ChunkRow {
+                number,
+                len,
+                nonce,
+                hash,
+            };
             app.index.commit_chunk(&upload_id, &d, row)
         })
         .await?;
     let body = match commit {
-        Commit::Stored { received, total, completed } => {
+        Commit::Stored {
+            received,
+            total,
+            completed,
+        } => {
             guard.keep();
             if completed {
                 tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
             }
-            ChunkReply { completed_now: completed, ..reply(&row, number, received, total, completed) }
+            ChunkReply {
+                completed_now: completed,
+                ..reply(&row, number, received, total, completed)
+            }
         }
-        Commit::AlreadyStored { received, total, complete } => {
-            reply(&row, number, received, total, complete)
-        }
+        Commit::AlreadyStored {
+            received,
+            total,
+            complete,
+        } => reply(&row, number, received, total, complete),
     };
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -271,7 +303,10 @@ pub async fn store_chunk(
 pub fn new_id() -> String {
     let mut b = [0u8; 16];
     crypto::random_bytes(&mut b);
-    uuid::Builder::from_random_bytes(b).into_uuid().simple().to_string()
+    uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .simple()
+        .to_string()
 }
 
 /// Removes a chunk file that never got its index row, however the request ends (an error, a
@@ -296,16 +331,20 @@ impl Drop for LitterGuard {
 }
 
 /// The bytes of one chunk, from a raw body or from the file part of a multipart body.
+// One lives per request, in its task: boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum ChunkBody {
     Raw(Incoming),
-    Part { multipart: multer::Multipart<'static>, field: Option<multer::Field<'static>> },
+    Part {
+        multipart: multer::Multipart<'static>,
+        field: Option<multer::Field<'static>>,
+    },
 }
 
 fn multipart_error(e: multer::Error) -> Error {
     match e {
-        multer::Error::StreamSizeExceeded { limit } | multer::Error::FieldSizeExceeded { limit, .. } => {
-            Error::BodyTooLarge(limit)
-        }
+        multer::Error::StreamSizeExceeded { limit }
+        | multer::Error::FieldSizeExceeded { limit, .. } => Error::BodyTooLarge(limit),
         multer::Error::StreamReadFailed(e) => Error::BodyRead(e.to_string()),
         other => Error::Multipart(other.to_string()),
     }
@@ -321,14 +360,21 @@ impl ChunkBody {
         limit: u64,
         params: &mut Params,
     ) -> Result<ChunkBody> {
-        let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let ctype = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = ctype
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if essence == "multipart/form-data" {
             let boundary = multer::parse_boundary(ctype)
                 .map_err(|_| Error::Multipart("no boundary in the Content-Type".into()))?;
-            let constraints = multer::Constraints::new().size_limit(
-                multer::SizeLimit::new().whole_stream(limit + MULTIPART_SLACK),
-            );
+            let constraints = multer::Constraints::new()
+                .size_limit(multer::SizeLimit::new().whole_stream(limit + MULTIPART_SLACK));
             let mut multipart =
                 multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
             let field = loop {
@@ -347,8 +393,13 @@ impl ChunkBody {
                     return Err(Error::Multipart(format!("more than {MAX_FIELDS} fields")));
                 }
             };
-            Ok(ChunkBody::Part { multipart, field: Some(field) })
-        } else if essence.starts_with("multipart/") || essence == "application/x-www-form-urlencoded" {
+            Ok(ChunkBody::Part {
+                multipart,
+                field: Some(field),
+            })
+        } else if essence.starts_with("multipart/")
+            || essence == "application/x-www-form-urlencoded"
+        {
             Err(Error::UnsupportedMediaType(essence))
         } else {
             Ok(ChunkBody::Raw(body))
@@ -388,7 +439,12 @@ impl ChunkBody {
     pub async fn finish(&mut self) -> Result<()> {
         if let ChunkBody::Part { multipart, field } = self {
             debug_assert!(field.is_none());
-            if multipart.next_field().await.map_err(multipart_error)?.is_some() {
+            if multipart
+                .next_field()
+                .await
+                .map_err(multipart_error)?
+                .is_some()
+            {
                 return Err(Error::Multipart("a part follows the file part".into()));
             }
         }
@@ -417,7 +473,9 @@ async fn read_text_field(mut field: multer::Field<'static>) -> Result<String> {
     let mut buf = Vec::new();
     while let Some(b) = field.chunk().await.map_err(multipart_error)? {
         if buf.len() + b.len() > MAX_FIELD {
-            return Err(Error::Multipart(format!("a form field is larger than {MAX_FIELD} bytes")));
+            return Err(Error::Multipart(format!(
+                "a form field is larger than {MAX_FIELD} bytes"
+            )));
         }
         buf.extend_from_slice(&b);
     }
@@ -441,7 +499,8 @@ impl Sealing {
         if last {
             crypto::pad(buf);
         }
-        self.cipher.seal_segments(self.nonce, self.chunk, self.next_segment, buf);
+        self.cipher
+            .seal_segments(self.nonce, self.chunk, self.next_segment, buf);
         self.next_segment += (buf.len() / SEGMENT) as u32;
         self.file.write_all(buf)
     }
@@ -460,7 +519,14 @@ pub struct ChunkWriter {
 
 impl ChunkWriter {
     fn new(file: std::fs::File, cipher: Arc<FileCipher>, nonce: u64, chunk: u32) -> Self {
-        let sealing = Sealing { file, cipher, nonce, chunk, next_segment: 0, hasher: Xxh3::new() };
+        let sealing = Sealing {
+            file,
+            cipher,
+            nonce,
+            chunk,
+            next_segment: 0,
+            hasher: Xxh3::new(),
+        };
         ChunkWriter {
             idle: Some(sealing),
             pending: None,

@@ -15,7 +15,10 @@ fn server() -> (tempfile::TempDir, TestServer, Client) {
 }
 
 fn file_id(r: &Reply) -> String {
-    r.json["file_id"].as_str().expect("every chunk reply has file_id").to_string()
+    r.json["file_id"]
+        .as_str()
+        .expect("every chunk reply has file_id")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,7 +50,10 @@ async fn out_of_order_upload_in_every_dialect_and_body() {
             assert_eq!(id.get_or_insert(this.clone()), &this);
         }
         let got = client.download(&id.unwrap()).await;
-        assert!(got == *up.data, "{dialect:?} {via:?}: downloaded bytes differ");
+        assert!(
+            got == *up.data,
+            "{dialect:?} {via:?}: downloaded bytes differ"
+        );
     }
 }
 
@@ -62,7 +68,9 @@ async fn the_final_chunk_may_arrive_first_in_both_cutting_modes() {
         assert_eq!(t, if force { 4 } else { 3 });
         let mut order: Vec<usize> = (1..=t).rev().collect();
         order.swap(1, 2);
-        let last = client.upload_in_order(&up, &order, Via::MultipartBoth).await;
+        let last = client
+            .upload_in_order(&up, &order, Via::MultipartBoth)
+            .await;
         assert_eq!(last.json["complete"], true);
         assert_eq!(last.json["completed_now"], true);
         assert_eq!(client.download(&file_id(&last)).await, *up.data);
@@ -81,7 +89,12 @@ async fn the_chunk_size_is_learnt_from_the_final_chunk_with_twake_names() {
         )
     };
     let post = |n: usize, bytes: Vec<u8>| {
-        client.http.post(q(n, "")).header("content-type", "application/octet-stream").body(bytes).send()
+        client
+            .http
+            .post(q(n, ""))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
     };
     // A last chunk of 20,001 bytes would need chunks of 10,000, which make 3 chunks, not 2.
     let r = post(2, body[10_000..].to_vec()).await.unwrap();
@@ -91,7 +104,12 @@ async fn the_chunk_size_is_learnt_from_the_final_chunk_with_twake_names() {
     // Chunk 1 must now hold exactly 15,000 bytes.
     let r = post(1, body[..14_999].to_vec()).await.unwrap();
     assert_eq!(r.status(), 400);
-    let r: Value = post(1, body[..15_000].to_vec()).await.unwrap().json().await.unwrap();
+    let r: Value = post(1, body[..15_000].to_vec())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["complete"], true);
     let st = client.status("twake-1").await;
     assert_eq!(st.json["chunk_size"], 15_000);
@@ -102,7 +120,11 @@ async fn the_chunk_size_is_learnt_from_the_final_chunk_with_twake_names() {
 async fn concurrent_final_chunks_complete_the_file_exactly_once() {
     let (_dir, _server, client) = server();
     for trial in 0..40 {
-        let up = Upload::new(&format!("race-{trial}"), data(40_000 + trial, trial as u64), 8_000);
+        let up = Upload::new(
+            &format!("race-{trial}"),
+            data(40_000 + trial, trial as u64),
+            8_000,
+        );
         let t = up.total_chunks();
         // All chunks at the same instant, on separate connections.
         let replies = join_all((1..=t).map(|n| {
@@ -117,7 +139,10 @@ async fn concurrent_final_chunks_complete_the_file_exactly_once() {
                 completions += 1;
             }
         }
-        assert_eq!(completions, 1, "trial {trial}: exactly one request completes the file");
+        assert_eq!(
+            completions, 1,
+            "trial {trial}: exactly one request completes the file"
+        );
         let id = file_id(&replies[0]);
         assert_eq!(client.download(&id).await, *up.data);
         let st = client.status(&up.identifier).await;
@@ -134,7 +159,10 @@ async fn a_chunk_sent_again_is_idempotent_and_other_bytes_are_refused() {
     assert_eq!(again.status, 200);
     assert_eq!(again.json["received"], 1);
     // The same chunk from two clients at once.
-    let (a, b) = tokio::join!(client.send(&up, 1, Via::Octet), client.send(&up, 1, Via::Octet));
+    let (a, b) = tokio::join!(
+        client.send(&up, 1, Via::Octet),
+        client.send(&up, 1, Via::Octet)
+    );
     assert_eq!((a.status, b.status), (200, 200));
     // Other bytes under the same chunk number: another file, refused.
     let mut other = up.chunk(2).to_vec();
@@ -147,8 +175,16 @@ async fn a_chunk_sent_again_is_idempotent_and_other_bytes_are_refused() {
     assert_eq!(client.download(&file_id(&done)).await, *up.data);
     // A duplicate after completion is still a 200 that finds the file.
     let late = client.send(&up, 1, Via::Octet).await;
-    assert_eq!((late.status, late.json["complete"].clone()), (200, Value::Bool(true)));
-    assert!(late.json["download_url"].as_str().unwrap().ends_with(&file_id(&done)));
+    assert_eq!(
+        (late.status, late.json["complete"].clone()),
+        (200, Value::Bool(true))
+    );
+    assert!(
+        late.json["download_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&file_id(&done))
+    );
     // Exactly one spool file per chunk remains: losers of races left nothing behind.
     assert_eq!(spool_files(&dir.path().join("data")).len(), 3);
 }
@@ -165,7 +201,10 @@ async fn an_identifier_in_use_by_another_file_is_refused() {
     rechunked.filename = up.filename.clone();
     bigger.filename = up.filename.clone();
     for other in [&bigger, &renamed, &rechunked] {
-        for r in [client.send(other, 2, Via::Octet).await, client.probe(other, 1).await] {
+        for r in [
+            client.send(other, 2, Via::Octet).await,
+            client.probe(other, 1).await,
+        ] {
             assert_eq!(r.status, 400, "{}", r.json);
             assert_eq!(r.json["error"], "identifier_conflict");
         }
@@ -208,9 +247,16 @@ async fn probes_and_status() {
     let flow = client.get("/upload/status?flowIdentifier=probe").await;
     assert_eq!(flow.json["file_id"], st.json["file_id"]);
     // A probe with broken parameters is a 400 with a reason, not a 404.
-    let r = client.get("/upload?resumableChunkNumber=x&resumableIdentifier=probe").await;
+    let r = client
+        .get("/upload?resumableChunkNumber=x&resumableIdentifier=probe")
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.json["message"].as_str().unwrap().contains("resumableChunkNumber"));
+    assert!(
+        r.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("resumableChunkNumber")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,7 +266,10 @@ async fn a_fluctuating_total_from_resumable_1_1_0_is_accepted() {
     // Early requests declare fewer chunks than the file has (the library was still building
     // its list): the server must take the count from the geometry.
     for (n, declared) in [(1usize, 1usize), (2, 3), (3, 3), (4, 5), (5, 5)] {
-        let q = up.query(n).replace("resumableTotalChunks=5", &format!("resumableTotalChunks={declared}"));
+        let q = up.query(n).replace(
+            "resumableTotalChunks=5",
+            &format!("resumableTotalChunks={declared}"),
+        );
         let r = client
             .http
             .post(format!("{}?{q}", server.url("/upload")))
@@ -233,11 +282,20 @@ async fn a_fluctuating_total_from_resumable_1_1_0_is_accepted() {
     }
     let st = client.status("fluct").await;
     assert_eq!(st.json["complete"], true);
-    assert_eq!(client.download(st.json["file_id"].as_str().unwrap()).await, *up.data);
+    assert_eq!(
+        client.download(st.json["file_id"].as_str().unwrap()).await,
+        *up.data
+    );
 }
 
 /// Sends a request built from `up`'s chunk `n` with some parameters replaced.
-async fn post_with(client: &Client, up: &Upload, n: usize, edit: &[(&str, &str)], body: Vec<u8>) -> Reply {
+async fn post_with(
+    client: &Client,
+    up: &Upload,
+    n: usize,
+    edit: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
     let mut params = up.params(n);
     for (k, v) in edit {
         params.retain(|(pk, _)| pk != k);
@@ -257,7 +315,11 @@ async fn post_with(client: &Client, up: &Upload, n: usize, edit: &[(&str, &str)]
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let json = r.json().await.unwrap_or(Value::Null);
-    Reply { status, json, headers }
+    Reply {
+        status,
+        json,
+        headers,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,23 +328,124 @@ async fn every_geometry_error_is_a_400_and_stores_nothing() {
     let up = Upload::new("geo", data(25_000, 6), 10_000); // 2 chunks: 10,000 and 15,000
     let c1 = up.chunk(1).to_vec();
     let c2 = up.chunk(2).to_vec();
-    let cases: Vec<(&str, Vec<(&str, &str)>, usize, Vec<u8>, &str)> = vec![
-        ("declared size not the cut", vec![("resumableCurrentChunkSize", "9999")], 1, c1[..9999].to_vec(), "bad_geometry"),
-        ("body shorter than declared", vec![], 1, c1[..9_000].to_vec(), "bad_geometry"),
-        ("body longer than declared", vec![], 1, [c1.clone(), vec![0; 10]].concat(), "bad_geometry"),
-        ("last chunk cut short", vec![("resumableCurrentChunkSize", "")], 2, c2[..10_000].to_vec(), "bad_geometry"),
-        ("chunk number zero", vec![("resumableChunkNumber", "0")], 1, c1.clone(), "bad_geometry"),
-        ("chunk past the end", vec![("resumableChunkNumber", "3")], 1, c1.clone(), "bad_geometry"),
-        ("count no cut makes", vec![("resumableTotalChunks", "7")], 1, c1.clone(), "bad_geometry"),
-        ("zero chunk size", vec![("resumableChunkSize", "0")], 1, c1.clone(), "bad_geometry"),
-        ("zero total chunks", vec![("resumableTotalChunks", "0")], 1, c1.clone(), "bad_geometry"),
-        ("negative number", vec![("resumableChunkNumber", "-1")], 1, c1.clone(), "invalid_parameter"),
-        ("overflowing size", vec![("resumableTotalSize", "99999999999999999999999")], 1, c1.clone(), "invalid_parameter"),
-        ("absurd chunk count", vec![("resumableTotalChunks", "1000000000000")], 1, c1.clone(), "bad_geometry"),
-        ("file over the limit", vec![("resumableTotalSize", "100000000000000"), ("resumableTotalChunks", "")], 1, c1.clone(), "file_too_large"),
-        ("missing number", vec![("resumableChunkNumber", "")], 1, c1.clone(), "missing_parameter"),
-        ("missing identifier", vec![("resumableIdentifier", "")], 1, c1.clone(), "missing_parameter"),
-        ("missing total size", vec![("resumableTotalSize", "")], 1, c1.clone(), "missing_parameter"),
+    /// What is wrong, the parameters to replace, the chunk number, the body, the error code.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, usize, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "declared size not the cut",
+            vec![("resumableCurrentChunkSize", "9999")],
+            1,
+            c1[..9999].to_vec(),
+            "bad_geometry",
+        ),
+        (
+            "body shorter than declared",
+            vec![],
+            1,
+            c1[..9_000].to_vec(),
+            "bad_geometry",
+        ),
+        (
+            "body longer than declared",
+            vec![],
+            1,
+            [c1.clone(), vec![0; 10]].concat(),
+            "bad_geometry",
+        ),
+        (
+            "last chunk cut short",
+            vec![("resumableCurrentChunkSize", "")],
+            2,
+            c2[..10_000].to_vec(),
+            "bad_geometry",
+        ),
+        (
+            "chunk number zero",
+            vec![("resumableChunkNumber", "0")],
+            1,
+            c1.clone(),
+            "bad_geometry",
+        ),
+        (
+            "chunk past the end",
+            vec![("resumableChunkNumber", "3")],
+            1,
+            c1.clone(),
+            "bad_geometry",
+        ),
+        (
+            "count no cut makes",
+            vec![("resumableTotalChunks", "7")],
+            1,
+            c1.clone(),
+            "bad_geometry",
+        ),
+        (
+            "zero chunk size",
+            vec![("resumableChunkSize", "0")],
+            1,
+            c1.clone(),
+            "bad_geometry",
+        ),
+        (
+            "zero total chunks",
+            vec![("resumableTotalChunks", "0")],
+            1,
+            c1.clone(),
+            "bad_geometry",
+        ),
+        (
+            "negative number",
+            vec![("resumableChunkNumber", "-1")],
+            1,
+            c1.clone(),
+            "invalid_parameter",
+        ),
+        (
+            "overflowing size",
+            vec![("resumableTotalSize", "99999999999999999999999")],
+            1,
+            c1.clone(),
+            "invalid_parameter",
+        ),
+        (
+            "absurd chunk count",
+            vec![("resumableTotalChunks", "1000000000000")],
+            1,
+            c1.clone(),
+            "bad_geometry",
+        ),
+        (
+            "file over the limit",
+            vec![
+                ("resumableTotalSize", "100000000000000"),
+                ("resumableTotalChunks", ""),
+            ],
+            1,
+            c1.clone(),
+            "file_too_large",
+        ),
+        (
+            "missing number",
+            vec![("resumableChunkNumber", "")],
+            1,
+            c1.clone(),
+            "missing_parameter",
+        ),
+        (
+            "missing identifier",
+            vec![("resumableIdentifier", "")],
+            1,
+            c1.clone(),
+            "missing_parameter",
+        ),
+        (
+            "missing total size",
+            vec![("resumableTotalSize", "")],
+            1,
+            c1.clone(),
+            "missing_parameter",
+        ),
     ];
     for (what, edit, n, body, code) in cases {
         let r = post_with(&client, &up, n, &edit, body).await;
@@ -290,10 +453,17 @@ async fn every_geometry_error_is_a_400_and_stores_nothing() {
         assert_eq!(r.json["error"], code, "{what}: {}", r.json);
         assert!(!r.json["message"].as_str().unwrap().is_empty());
     }
-    assert!(spool_files(&dir.path().join("data")).is_empty(), "nothing was stored");
+    assert!(
+        spool_files(&dir.path().join("data")).is_empty(),
+        "nothing was stored"
+    );
     let st = client.status("geo").await;
     if st.status == 200 {
-        assert_eq!(st.json["received"], serde_json::json!([]), "nothing was marked");
+        assert_eq!(
+            st.json["received"],
+            serde_json::json!([]),
+            "nothing was marked"
+        );
     }
     // The real chunks are still welcome afterwards.
     let done = client.upload_in_order(&up, &[2, 1], Via::Octet).await;
@@ -306,20 +476,40 @@ async fn bodies_that_are_not_chunks_are_refused_precisely() {
     let up = Upload::new("bodies", data(5_000, 2), 10_000);
     let url = format!("{}?{}", server.url("/upload"), up.query(1));
     // A form-encoded body is not a chunk: 415.
-    let r = client.http.post(&url).header("content-type", "application/x-www-form-urlencoded").body("a=b").send().await.unwrap();
+    let r = client
+        .http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=b")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     // Multipart without a file part, and with a part after the file: 400.
     let form = reqwest::multipart::Form::new().text("resumableChunkNumber", "1");
     let r = client.http.post(&url).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "malformed_multipart");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "malformed_multipart"
+    );
     let form = reqwest::multipart::Form::new()
-        .part("file", reqwest::multipart::Part::bytes(up.chunk(1).to_vec()).file_name("x"))
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(up.chunk(1).to_vec()).file_name("x"),
+        )
         .text("late", "field");
     let r = client.http.post(&url).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 400);
     // A multipart content type without a boundary.
-    let r = client.http.post(&url).header("content-type", "multipart/form-data").body("x").send().await.unwrap();
+    let r = client
+        .http
+        .post(&url)
+        .header("content-type", "multipart/form-data")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // A body larger than any legal chunk, refused by its Content-Length before it is read.
     let r = client
@@ -335,12 +525,18 @@ async fn bodies_that_are_not_chunks_are_refused_precisely() {
     }
     // Conflicting values for one parameter in form and query.
     let mut form = reqwest::multipart::Form::new().text("resumableChunkNumber", "2");
-    form = form.part("file", reqwest::multipart::Part::bytes(up.chunk(1).to_vec()).file_name("x"));
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(up.chunk(1).to_vec()).file_name("x"),
+    );
     let r = client.http.post(&url).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 400);
     // None of that stored anything; the real chunk still goes through.
     let r = client.send(&up, 1, Via::MultipartBoth).await;
-    assert_eq!((r.status, r.json["complete"].clone()), (200, Value::Bool(true)));
+    assert_eq!(
+        (r.status, r.json["complete"].clone()),
+        (200, Value::Bool(true))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -353,32 +549,71 @@ async fn methods_routes_and_cors() {
     let r = http.delete(server.url("/upload")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert!(r.headers()["allow"].to_str().unwrap().contains("POST"));
-    let r = http.get(server.url("/nowhere/at/all")).send().await.unwrap();
+    let r = http
+        .get(server.url("/nowhere/at/all"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
     let r = http.get(server.url("/files/0123")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     // A preflight from the listed origin, as a browser sends it before an octet chunk.
     let pre = |origin: &'static str| {
-        http.request(reqwest::Method::OPTIONS, server.url("/upload?resumableChunkNumber=1"))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type, authorization")
-            .send()
+        http.request(
+            reqwest::Method::OPTIONS,
+            server.url("/upload?resumableChunkNumber=1"),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type, authorization",
+        )
+        .send()
     };
     let r = pre("https://app.example").await.unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     assert_eq!(r.headers()["access-control-allow-credentials"], "true");
-    assert!(r.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-    assert_eq!(r.headers()["access-control-allow-headers"], "content-type, authorization");
+    assert!(
+        r.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        r.headers()["access-control-allow-headers"],
+        "content-type, authorization"
+    );
     assert!(r.headers().contains_key("access-control-max-age"));
     // Another origin gets no permission.
     let r = pre("https://evil.example").await.unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
-    let r = http.get(server.url("/upload/status?resumableIdentifier=x")).header("origin", "https://evil.example").send().await.unwrap();
+    let r = http
+        .get(server.url("/upload/status?resumableIdentifier=x"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
-    let r = http.get(server.url("/upload/status?resumableIdentifier=x")).header("origin", "https://app.example").send().await.unwrap();
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
-    assert!(r.headers()["access-control-expose-headers"].to_str().unwrap().contains("Retry-After"));
+    let r = http
+        .get(server.url("/upload/status?resumableIdentifier=x"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        r.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Retry-After")
+    );
 }

@@ -64,7 +64,10 @@ CREATE TABLE IF NOT EXISTS chunks (
 
 /// The current time in epoch milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// An upload as the index knows it.
@@ -96,9 +99,17 @@ pub struct ChunkRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Commit {
     /// The chunk is now stored; `completed` is true for the one commit that completed the file.
-    Stored { received: u64, total: Option<u64>, completed: bool },
+    Stored {
+        received: u64,
+        total: Option<u64>,
+        completed: bool,
+    },
     /// The chunk was already stored (by a concurrent or earlier request) with these bytes.
-    AlreadyStored { received: u64, total: Option<u64>, complete: bool },
+    AlreadyStored {
+        received: u64,
+        total: Option<u64>,
+        complete: bool,
+    },
 }
 
 /// A complete file ready to be served.
@@ -163,7 +174,9 @@ impl Index {
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')",
             [],
         )?;
-        Ok(Index { conn: Mutex::new(conn) })
+        Ok(Index {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -176,9 +189,14 @@ impl Index {
     /// files encrypted under one key cannot be read under another.
     pub fn check_key(&self, check: &str) -> Result<bool> {
         let c = self.conn();
-        c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('key_check', ?1)", [check])?;
+        c.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('key_check', ?1)",
+            [check],
+        )?;
         let stored: String =
-            c.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))?;
+            c.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })?;
         Ok(stored == check)
     }
 
@@ -189,7 +207,10 @@ impl Index {
             "SELECT {UPLOAD_COLS} FROM uploads u JOIN files f ON f.id = u.file_id \
              WHERE u.scope = ?1 AND u.identifier = ?2"
         );
-        Ok(c.query_row(&sql, params![scope, identifier], upload_from_row).optional()?)
+        Ok(
+            c.query_row(&sql, params![scope, identifier], upload_from_row)
+                .optional()?,
+        )
     }
 
     /// The upload under the request's identifier, created if absent. An existing upload must
@@ -223,7 +244,14 @@ impl Index {
             tx.execute(
                 "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                params![file_id, scope, req.filename, req.relative_path, req.mime, now],
+                params![
+                    file_id,
+                    scope,
+                    req.filename,
+                    req.relative_path,
+                    req.mime,
+                    now
+                ],
             )?;
             tx.execute(
                 "INSERT INTO uploads(id, file_id, scope, identifier, total_size, chunk_size, \
@@ -244,7 +272,9 @@ impl Index {
         }
         tx.commit()?;
         drop(c);
-        let row = self.find(scope, &req.identifier)?.ok_or(Error::NotFound("upload"))?;
+        let row = self
+            .find(scope, &req.identifier)?
+            .ok_or(Error::NotFound("upload"))?;
         check_same_file(&row, req)?;
         Ok((row, !exists))
     }
@@ -263,11 +293,12 @@ impl Index {
     /// The numbers of every committed chunk of an upload, in order.
     pub fn received(&self, upload_id: &str) -> Result<Vec<u64>> {
         let c = self.conn();
-        let mut st = c.prepare_cached(
-            "SELECT number FROM chunks WHERE upload_id = ?1 ORDER BY number",
-        )?;
+        let mut st =
+            c.prepare_cached("SELECT number FROM chunks WHERE upload_id = ?1 ORDER BY number")?;
         let rows = st.query_map([upload_id], |r| r.get::<_, i64>(0))?;
-        Ok(rows.map(|r| r.map(|n| n as u64)).collect::<rusqlite::Result<_>>()?)
+        Ok(rows
+            .map(|r| r.map(|n| n as u64))
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// Commits chunk `number` (whose bytes are already durable): re-checks its geometry against
@@ -293,7 +324,16 @@ impl Index {
                 "SELECT total_size, chunk_size, total_chunks, received, completed_at, file_id \
                  FROM uploads WHERE id = ?1",
                 [upload_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()?
             .ok_or(Error::NotFound("upload"))?;
@@ -352,7 +392,11 @@ impl Index {
             )?;
         }
         tx.commit()?;
-        Ok(Commit::Stored { received, total: shape.total_chunks, completed })
+        Ok(Commit::Stored {
+            received,
+            total: shape.total_chunks,
+            completed,
+        })
     }
 
     /// A complete file visible in `scope`, with its chunk map.
@@ -382,7 +426,9 @@ impl Index {
                 },
             )
             .optional()?;
-        let Some(mut file) = head else { return Ok(None) };
+        let Some(mut file) = head else {
+            return Ok(None);
+        };
         let mut st = c.prepare_cached(
             "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 ORDER BY number",
         )?;

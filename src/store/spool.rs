@@ -23,7 +23,10 @@ fn checked_id(upload_id: &str) -> io::Result<&str> {
     if upload_id.len() == 32 && upload_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(upload_id)
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidInput, "not an upload id"))
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an upload id",
+        ))
     }
 }
 
@@ -51,7 +54,9 @@ impl Spool {
 
     /// The file of one write of one chunk.
     pub fn chunk_path(&self, upload_id: &str, number: u64, nonce: u64) -> io::Result<PathBuf> {
-        Ok(self.upload_dir(upload_id)?.join(format!("{number}.{nonce:016x}")))
+        Ok(self
+            .upload_dir(upload_id)?
+            .join(format!("{number}.{nonce:016x}")))
     }
 
     /// Creates a fresh chunk file (and the upload's directory on its first chunk).
