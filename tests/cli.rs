@@ -33,9 +33,15 @@ fn starts_with_one_line_creates_a_private_key_and_stops_on_sigterm() {
     let resp = std::net::TcpStream::connect(("127.0.0.1", port));
     assert!(resp.is_ok());
     let key = data.join("chunkd.key");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 96);
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success(), "SIGTERM is a clean exit");
     // Nothing else went to stdout.
@@ -85,11 +91,21 @@ fn every_flag_is_explained_and_has_an_env_var() {
         ("--durability", "CHUNKD_DURABILITY"),
         ("--cors-origin", "CHUNKD_CORS_ORIGINS"),
     ] {
-        assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help");
+        assert!(
+            help.contains(flag) && help.contains(env),
+            "{flag} / {env} missing from --help"
+        );
     }
     // Flags are read from the environment too.
-    let out = chunkd().arg("--help").env("CHUNKD_UPLOAD_PATH", "nope").output().unwrap();
+    let out = chunkd()
+        .arg("--help")
+        .env("CHUNKD_UPLOAD_PATH", "nope")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let out = chunkd().env("CHUNKD_UPLOAD_PATH", "nope").output().unwrap();
-    assert!(!out.status.success(), "a bad upload path from the environment is refused");
+    assert!(
+        !out.status.success(),
+        "a bad upload path from the environment is refused"
+    );
 }

@@ -14,7 +14,9 @@ async fn uploads_resume_after_a_restart_on_the_same_data_dir() {
 
     let server = TestServer::start(&data_dir);
     let client = Client::new(&server);
-    let r = client.upload_in_order(&up, &first_half, Via::MultipartBoth).await;
+    let r = client
+        .upload_in_order(&up, &first_half, Via::MultipartBoth)
+        .await;
     let id = r.json["file_id"].as_str().unwrap().to_string();
     server.stop();
 
@@ -22,11 +24,18 @@ async fn uploads_resume_after_a_restart_on_the_same_data_dir() {
     let client = Client::new(&server);
     for n in 1..=t {
         let p = client.probe(&up, n).await;
-        assert_eq!(p.status, if n % 2 == 0 { 200 } else { 204 }, "probe {n} after restart");
+        assert_eq!(
+            p.status,
+            if n % 2 == 0 { 200 } else { 204 },
+            "probe {n} after restart"
+        );
     }
     let st = client.status("restart").await;
     let received: Vec<u64> = serde_json::from_value(st.json["received"].clone()).unwrap();
-    assert_eq!(received, first_half.iter().map(|&n| n as u64).collect::<Vec<_>>());
+    assert_eq!(
+        received,
+        first_half.iter().map(|&n| n as u64).collect::<Vec<_>>()
+    );
     // The client sends only what is missing.
     let rest: Vec<usize> = (1..=t).filter(|n| n % 2 == 1).collect();
     let last = client.upload_in_order(&up, &rest, Via::Octet).await;

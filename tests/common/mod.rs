@@ -37,7 +37,9 @@ impl TestServer {
                 .unwrap();
             rt.block_on(async move {
                 let app = App::open(config).expect("chunkd opens its data directory");
-                let listener = tokio::net::TcpListener::bind(app.config.net.listen).await.unwrap();
+                let listener = tokio::net::TcpListener::bind(app.config.net.listen)
+                    .await
+                    .unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 chunkd::serve(app, listener, async {
                     let _ = stopped.await;
@@ -46,7 +48,12 @@ impl TestServer {
             });
         });
         let addr = addr_rx.recv().expect("server started");
-        TestServer { addr, data, stop: Some(stop), thread: Some(thread) }
+        TestServer {
+            addr,
+            data,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -135,7 +142,11 @@ impl Upload {
 
     pub fn total_chunks(&self) -> usize {
         let s = self.data.len();
-        let t = if self.force_chunk_size { s.div_ceil(self.chunk_size) } else { s / self.chunk_size };
+        let t = if self.force_chunk_size {
+            s.div_ceil(self.chunk_size)
+        } else {
+            s / self.chunk_size
+        };
         t.max(1)
     }
 
@@ -143,7 +154,11 @@ impl Upload {
     pub fn chunk(&self, n: usize) -> &[u8] {
         let t = self.total_chunks();
         let start = (n - 1) * self.chunk_size;
-        let end = if n == t { self.data.len() } else { start + self.chunk_size };
+        let end = if n == t {
+            self.data.len()
+        } else {
+            start + self.chunk_size
+        };
         &self.data[start..end]
     }
 
@@ -156,7 +171,10 @@ impl Upload {
         let mut v = vec![
             (format!("{p}ChunkNumber"), n.to_string()),
             (format!("{p}ChunkSize"), self.chunk_size.to_string()),
-            (format!("{p}CurrentChunkSize"), self.chunk(n).len().to_string()),
+            (
+                format!("{p}CurrentChunkSize"),
+                self.chunk(n).len().to_string(),
+            ),
             (format!("{p}TotalSize"), self.data.len().to_string()),
             (format!("{p}Identifier"), self.identifier.clone()),
             (format!("{p}Filename"), self.filename.clone()),
@@ -191,7 +209,10 @@ pub struct Reply {
 
 impl Client {
     pub fn new(server: &TestServer) -> Client {
-        Client { http: reqwest::Client::new(), base: server.url("") }
+        Client {
+            http: reqwest::Client::new(),
+            base: server.url(""),
+        }
     }
 
     async fn reply(resp: reqwest::Response) -> Reply {
@@ -199,7 +220,11 @@ impl Client {
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, json, headers }
+        Reply {
+            status,
+            json,
+            headers,
+        }
     }
 
     /// Sends chunk `n` of `up`.
@@ -223,7 +248,11 @@ impl Client {
                 }
                 let part = reqwest::multipart::Part::bytes(body).file_name(up.filename.clone());
                 form = form.part("file", part);
-                let target = if via == Via::MultipartBoth { format!("{url}?{}", up.query(n)) } else { url };
+                let target = if via == Via::MultipartBoth {
+                    format!("{url}?{}", up.query(n))
+                } else {
+                    url
+                };
                 self.http.post(target).multipart(form)
             }
         };
@@ -238,16 +267,35 @@ impl Client {
 
     pub async fn status(&self, identifier: &str) -> Reply {
         let q = serde_urlencoded::to_string([("resumableIdentifier", identifier)]).unwrap();
-        Self::reply(self.http.get(format!("{}/upload/status?{q}", self.base)).send().await.unwrap()).await
+        Self::reply(
+            self.http
+                .get(format!("{}/upload/status?{q}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        Self::reply(self.http.get(format!("{}{path}", self.base)).send().await.unwrap()).await
+        Self::reply(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 
     /// Downloads a file's bytes, asserting a 200.
     pub async fn download(&self, file_id: &str) -> Vec<u8> {
-        let resp = self.http.get(format!("{}/files/{file_id}", self.base)).send().await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}/files/{file_id}", self.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         resp.bytes().await.unwrap().to_vec()
     }
@@ -284,5 +332,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// The chunk files in the spool (committed or not).
 pub fn spool_files(data: &Path) -> Vec<PathBuf> {
     let spool = data.join("spool");
-    if spool.exists() { files_under(&spool) } else { Vec::new() }
+    if spool.exists() {
+        files_under(&spool)
+    } else {
+        Vec::new()
+    }
 }
