@@ -2,13 +2,13 @@
 //! conditional requests, and a `Content-Disposition` no filename can break.
 //!
 //! The body is produced on a blocking thread, one batch of segments at a time, into a channel
-//! of a few batches. Every chunk is checked against its recorded length and hash; the last batch
-//! of a chunk is sent only after the check passes, and a failed check (or read) ends the stream
-//! with an error, which aborts the connection. So a client never receives a corrupt file that
-//! looks complete.
+//! of a few batches. Every chunk a response touches is checked whole against its recorded length
+//! and hash, for ranges too; the last piece of a chunk is sent only after the check passes, and
+//! a failed check (or read) ends the stream with an error, which aborts the connection. So a
+//! client never receives a corrupt file, or a corrupt range, that looks complete.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -258,6 +258,11 @@ fn stream_plaintext(app: &Arc<App>, file: FileRow, start: u64, end: u64) -> Body
 }
 
 /// Decrypts and sends bytes `start..end`, chunk by chunk. Stops quietly if the client left.
+///
+/// Every chunk the range touches is read and hashed whole, even for a one-byte range, and the
+/// last piece sent from a chunk is held back until the chunk has passed its checks: a range of a
+/// damaged chunk fails like a full read does. The price is decrypting whole chunks for a small
+/// range (fast: CBC decryption runs in parallel); memory stays at one batch.
 fn read_range(
     app: &App,
     file: &FileRow,
@@ -268,56 +273,59 @@ fn read_range(
     let cipher = app.file_cipher(&file.wrapped_keys)?;
     let cs = file.shape.chunk_size.unwrap_or(file.shape.total_size);
     let mut buf = vec![0u8; BATCH];
+    let send = |bytes: Bytes| tx.blocking_send(Ok(bytes)).is_ok();
     for c in &file.chunks {
         let base = (c.number - 1) * cs;
         let (a, b) = (start.max(base), end.min(base + c.len));
         if a >= b {
             continue;
         }
-        // Chunk-relative byte range, read from the segment that holds its first byte.
+        // The wanted bytes, relative to the chunk.
         let (a, b) = (a - base, b - base);
-        let whole = a == 0 && b == c.len;
         let sealed = crypto::sealed_len(c.len);
         let path = app.spool.chunk_path(&file.upload_id, c.number, c.nonce)?;
-        let mut f =
-            File::open(&path).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
-        let mut pos = a - a % SEGMENT as u64;
-        f.seek(SeekFrom::Start(pos))?;
+        let corrupt = |what: String| Error::Corrupt(format!("{}: {what}", path.display()));
+        let mut f = File::open(&path).map_err(|e| corrupt(e.to_string()))?;
         let mut hasher = Xxh3::new();
-        while pos < b {
+        let mut held: Option<Bytes> = None;
+        let mut pos = 0u64;
+        while pos < sealed {
             let n = (BATCH as u64).min(sealed - pos) as usize;
             f.read_exact(&mut buf[..n])
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+                .map_err(|e| corrupt(e.to_string()))?;
             cipher.open_segments(
                 c.nonce,
                 c.number as u32,
                 (pos / SEGMENT as u64) as u32,
                 &mut buf[..n],
             );
-            let at_end = pos + n as u64 == sealed;
-            if at_end {
-                check_padding(&buf[..n], c.len - pos)?;
-            }
             let plain_end = (pos + n as u64).min(c.len);
-            if whole {
-                hasher.update(&buf[..(plain_end - pos) as usize]);
-                if at_end && hasher.digest() != c.hash {
-                    return Err(Error::Corrupt(format!(
-                        "chunk {} of file {} fails its hash",
-                        c.number, file.id
-                    )));
+            hasher.update(&buf[..(plain_end - pos) as usize]);
+            if pos + n as u64 == sealed {
+                check_padding(&buf[..n], c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
+            }
+            let (from, to) = (a.max(pos), b.min(plain_end));
+            if to > from {
+                let piece =
+                    Bytes::copy_from_slice(&buf[(from - pos) as usize..(to - pos) as usize]);
+                if let Some(prev) = held.replace(piece)
+                    && !send(prev)
+                {
+                    return Ok(());
                 }
             }
-            let from = a.max(pos) - pos;
-            let to = b.min(plain_end) - pos;
-            if to > from
-                && tx
-                    .blocking_send(Ok(Bytes::copy_from_slice(&buf[from as usize..to as usize])))
-                    .is_err()
-            {
-                return Ok(());
-            }
             pos += n as u64;
+        }
+        if hasher.digest() != c.hash {
+            return Err(corrupt(format!(
+                "chunk {} of file {} fails its hash",
+                c.number, file.id
+            )));
+        }
+        if let Some(last) = held
+            && !send(last)
+        {
+            return Ok(());
         }
     }
     Ok(())
