@@ -165,15 +165,20 @@ pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Respon
         return Err(Error::BodyTooLarge(limit));
     }
     let mut source = ChunkBody::open(&parts.headers, body, limit, &mut params).await?;
-    let chunk = params.chunk(None)?;
-    let scope = ANONYMOUS;
-    store_chunk(app, scope, chunk, &mut source).await
+    let result = match params.chunk(None) {
+        Ok(chunk) => store_chunk(app, ANONYMOUS.to_string(), chunk, &mut source).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        source.discard().await;
+    }
+    result
 }
 
 /// Steps 3 to 6 of the flow, shared by every route that receives a chunk.
 pub async fn store_chunk(
     app: &Arc<App>,
-    scope: &'static str,
+    scope: String,
     chunk: ChunkParams,
     source: &mut ChunkBody,
 ) -> Result<Response<Body>> {
@@ -193,7 +198,7 @@ pub async fn store_chunk(
         .blocking(move |app| {
             let ids = (new_id(), new_id());
             let wrapped = app.key.wrap(&FileKeys::generate());
-            let (row, _created) = app.index.find_or_create(scope, &req, ids, &wrapped)?;
+            let (row, _created) = app.index.find_or_create(&scope, &req, ids, &wrapped)?;
             let shape = check_same_file(&row, &req)?;
             let existing = app.index.chunk(&row.id, req.declared.number)?;
             Ok((row, (shape, existing)))
@@ -241,7 +246,7 @@ pub async fn store_chunk(
             Ok((f, app.spool.chunk_path(&upload_id, number, nonce)?))
         })
         .await?;
-    let mut guard = LitterGuard(Some(path));
+    let guard = LitterGuard(Some(path));
     let mut writer = ChunkWriter::new(file, cipher, nonce, number as u32);
     let mut len = 0u64;
     while let Some(data) = source.next().await? {
@@ -263,8 +268,11 @@ pub async fn store_chunk(
     }
     let (file, hash) = writer.finish().await?;
     let upload_id = row.id.clone();
+    // The guard moves into the blocking task: the file and its row are decided together there,
+    // even if the client hangs up and this request's future is dropped meanwhile.
     let commit = app
         .blocking(move |app| {
+            let mut guard = guard;
             app.spool.finish_chunk(file, &upload_id)?;
             let row = ChunkRow {
                 number,
@@ -272,7 +280,11 @@ pub async fn store_chunk(
                 nonce,
                 hash,
             };
-            app.index.commit_chunk(&upload_id, &d, row)
+            let commit = app.index.commit_chunk(&upload_id, &d, row)?;
+            if matches!(commit, Commit::Stored { .. }) {
+                guard.keep();
+            }
+            Ok(commit)
         })
         .await?;
     let body = match commit {
@@ -281,7 +293,6 @@ pub async fn store_chunk(
             total,
             completed,
         } => {
-            guard.keep();
             if completed {
                 tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
             }
@@ -449,6 +460,33 @@ impl ChunkBody {
             }
         }
         Ok(())
+    }
+
+    /// After an error, reads (and drops) what is left of a modest body, for a little while, so
+    /// that a client still sending reads the JSON error instead of a broken pipe. A large or slow
+    /// rest is not worth it: the connection is closed instead.
+    pub async fn discard(&mut self) {
+        const MAX: u64 = 8 << 20;
+        let drain = async {
+            let mut seen = 0u64;
+            while let Ok(Some(b)) = self.next().await {
+                seen += b.len() as u64;
+                if seen > MAX {
+                    return;
+                }
+            }
+            if let ChunkBody::Part { multipart, .. } = self {
+                while let Ok(Some(mut f)) = multipart.next_field().await {
+                    while let Ok(Some(b)) = f.chunk().await {
+                        seen += b.len() as u64;
+                        if seen > MAX {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
     }
 
     /// Reads the whole chunk without storing it: its length (at most `max`) and hash.

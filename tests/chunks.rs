@@ -617,3 +617,43 @@ async fn methods_routes_and_cors() {
             .contains("Retry-After")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_never_leaves_a_committed_chunk_without_its_bytes() {
+    use tokio::io::AsyncWriteExt;
+    let (_dir, server, client) = server();
+    // Send a whole one-chunk upload, then close the socket at once, without reading the reply:
+    // the request is dropped while its chunk commits. Whatever the index then says must be true.
+    let body = data(1000, 77);
+    for i in 0..200 {
+        let q = format!(
+            "resumableChunkNumber=1&resumableChunkSize=1000&resumableCurrentChunkSize=1000&resumableTotalSize=1000&resumableIdentifier=hangup-{i}&resumableFilename=x.bin&resumableTotalChunks=1"
+        );
+        let head = format!(
+            "POST /upload?{q} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+        );
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        // Hang up at moments spread over the request's life, to hit the commit window.
+        tokio::time::sleep(std::time::Duration::from_micros((i % 40) * 100)).await;
+        drop(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut complete = 0;
+    for i in 0..200 {
+        let st = client.status(&format!("hangup-{i}")).await;
+        if st.status == 200 && st.json["complete"] == true {
+            complete += 1;
+            let got = client.download(st.json["file_id"].as_str().unwrap()).await;
+            assert_eq!(
+                got, body,
+                "upload hangup-{i} is complete but its bytes are not served"
+            );
+        }
+    }
+    assert!(
+        complete > 0,
+        "some of the uploads committed before the hang-up was seen"
+    );
+}
