@@ -57,7 +57,7 @@ struct Args {
     file: PathBuf,
 
     /// Chunk size, such as 1MiB, 512KiB, 5MB or 1048576. A resumed upload must use the same.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = chunkd::config::parse_size)]
     chunk_size: u64,
 
     /// Chunks in flight at once; memory use is about this times the chunk size.
@@ -571,33 +571,4 @@ fn close_bar(pb: &ProgressBar) {
 /// A line on stderr that does not tear the progress bar.
 fn note(pb: &ProgressBar, msg: impl Display) {
     pb.suspend(|| eprintln!("{msg}"));
-}
-
-/// Parses `1048576`, `512KiB`, `1MiB`, `5MB`: powers of 1024 with `i`, of 1000 without.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size such as 1MiB, 512KiB, 5MB or 1048576"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "m" | "mb" => 1_000_000,
-        "g" | "gb" => 1_000_000_000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "unknown unit in `{s}` (use B, KB, MB, GB, KiB, MiB or GiB)"
-            ));
-        }
-    };
-    match n.checked_mul(mult) {
-        Some(0) => Err("the chunk size must be at least 1 byte".into()),
-        Some(v) => Ok(v),
-        None => Err(format!("`{s}` is too large")),
-    }
 }
