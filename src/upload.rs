@@ -196,10 +196,9 @@ pub async fn store_chunk(
     let req = chunk.clone();
     let (row, existing) = app
         .blocking(move |app| {
-            let ids = (new_id(), new_id());
-            let wrapped = app.key.wrap(&FileKeys::generate());
-            let (row, _created) = app.index.find_or_create(&scope, &req, ids, &wrapped)?;
-            let shape = check_same_file(&row, &req)?;
+            let (row, shape) = app.index.find_or_create(&scope, &req, || {
+                (new_id(), new_id(), app.key.wrap(&FileKeys::generate()))
+            })?;
             let existing = app.index.chunk(&row.id, req.declared.number)?;
             Ok((row, (shape, existing)))
         })

@@ -213,22 +213,23 @@ impl Index {
         )
     }
 
-    /// The upload under the request's identifier, created if absent. An existing upload must
-    /// be the same file: same name and a geometry the request agrees with.
+    /// The upload under the request's identifier, created if absent, with its shape merged with
+    /// what the request declares. An existing upload must be the same file: same name and a
+    /// geometry the request agrees with. `new_upload` gives a new upload's ids (upload, file) and
+    /// wrapped keys; it is called only when one is created.
     pub fn find_or_create(
         &self,
         scope: &str,
         req: &ChunkParams,
-        new_ids: (String, String),
-        wrapped_keys: &[u8],
-    ) -> Result<(UploadRow, bool)> {
+        new_upload: impl FnOnce() -> (String, String, Vec<u8>),
+    ) -> Result<(UploadRow, Shape)> {
         if let Some(row) = self.find(scope, &req.identifier)? {
-            check_same_file(&row, req)?;
-            return Ok((row, false));
+            let shape = check_same_file(&row, req)?;
+            return Ok((row, shape));
         }
         let shape = Shape::new(req.declared.total_size).merge(&req.declared)?;
         let now = now_ms();
-        let (upload_id, file_id) = new_ids;
+        let (upload_id, file_id, wrapped_keys) = new_upload();
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Another request may have created it since the lookup above.
@@ -275,8 +276,8 @@ impl Index {
         let row = self
             .find(scope, &req.identifier)?
             .ok_or(Error::NotFound("upload"))?;
-        check_same_file(&row, req)?;
-        Ok((row, !exists))
+        let shape = check_same_file(&row, req)?;
+        Ok((row, shape))
     }
 
     /// The committed chunk `number` of an upload, if any.
