@@ -272,7 +272,6 @@ fn read_range(
 ) -> Result<()> {
     let cipher = app.file_cipher(&file.wrapped_keys)?;
     let cs = file.shape.chunk_size.unwrap_or(file.shape.total_size);
-    let mut buf = vec![0u8; BATCH];
     let send = |bytes: Bytes| tx.blocking_send(Ok(bytes)).is_ok();
     for c in &file.chunks {
         let base = (c.number - 1) * cs;
@@ -291,23 +290,30 @@ fn read_range(
         let mut pos = 0u64;
         while pos < sealed {
             let n = (BATCH as u64).min(sealed - pos) as usize;
-            f.read_exact(&mut buf[..n])
+            // Each batch is read into a buffer of its own, decrypted in place and sent as a
+            // slice of it: no copy between the disk and the socket.
+            let mut buf = Vec::with_capacity(n);
+            (&mut f)
+                .take(n as u64)
+                .read_to_end(&mut buf)
                 .map_err(|e| corrupt(e.to_string()))?;
+            if buf.len() != n {
+                return Err(corrupt(format!("ends {} bytes early", n - buf.len())));
+            }
             cipher.open_segments(
                 c.nonce,
                 c.number as u32,
                 (pos / SEGMENT as u64) as u32,
-                &mut buf[..n],
+                &mut buf,
             );
             let plain_end = (pos + n as u64).min(c.len);
             hasher.update(&buf[..(plain_end - pos) as usize]);
             if pos + n as u64 == sealed {
-                check_padding(&buf[..n], c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
+                check_padding(&buf, c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
             }
             let (from, to) = (a.max(pos), b.min(plain_end));
             if to > from {
-                let piece =
-                    Bytes::copy_from_slice(&buf[(from - pos) as usize..(to - pos) as usize]);
+                let piece = Bytes::from(buf).slice((from - pos) as usize..(to - pos) as usize);
                 if let Some(prev) = held.replace(piece)
                     && !send(prev)
                 {

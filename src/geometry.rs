@@ -74,11 +74,6 @@ impl Shape {
         }
     }
 
-    /// Whether the geometry is fully known (both the chunk size and the count).
-    pub fn is_settled(&self) -> bool {
-        self.chunk_size.is_some() && self.total_chunks.is_some()
-    }
-
     /// Adds what a request declares. A declaration that contradicts the upload is another file
     /// ([`Error::IdentityConflict`]); one that breaks the cutting rule is [`Error::Geometry`].
     pub fn merge(&self, d: &Declared) -> Result<Shape> {

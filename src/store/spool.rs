@@ -36,10 +36,6 @@ impl Spool {
         Ok(Spool { root, durability })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if self.durability == Durability::Safe {
             File::open(dir)?.sync_all()?;
@@ -83,14 +79,5 @@ impl Spool {
             self.sync_dir(&self.upload_dir(upload_id)?)?;
         }
         Ok(())
-    }
-
-    /// Removes one chunk file; a missing one is not an error.
-    pub fn remove_chunk(&self, path: &Path) {
-        if let Err(e) = fs::remove_file(path)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove a chunk file");
-        }
     }
 }
