@@ -10,14 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use chunkd::crypto::hex;
 use common::*;
 use serde_json::json;
 
 const SEG: usize = 16 * 1024;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(
@@ -100,14 +97,6 @@ fn ecb(key: &[u8], block: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Uploads every chunk of `up` in order; returns the file id.
-async fn upload(client: &Client, up: &Upload) -> String {
-    let order: Vec<usize> = (1..=up.total_chunks()).collect();
-    let last = client.upload_in_order(up, &order, Via::Octet).await;
-    assert_eq!(last.json["complete"], json!(true), "{:?}", last.json);
-    last.json["file_id"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn openssl_decrypts_the_spool_from_the_format_doc_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +112,7 @@ async fn openssl_decrypts_the_spool_from_the_format_doc_alone() {
         Upload::new("exact", data(3 * SEG, 3), SEG),
     ];
     for up in &files {
-        let id = upload(&client, up).await;
+        let id = client.upload_all(up).await;
         assert!(client.download(&id).await == *up.data);
     }
     drop(client);
@@ -302,7 +291,7 @@ async fn no_plaintext_anywhere_under_the_data_dir() {
     let client = Client::new(&server);
     let up = Upload::new("at-rest", plain.clone(), 70_001);
     assert_eq!(up.total_chunks(), 4);
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     assert!(client.download(&id).await == plain);
     // While the server runs (the WAL is live) ...
     assert_eq!(leaks(&data_dir, &plain), Vec::<String>::new());
@@ -616,7 +605,7 @@ async fn a_different_key_or_an_open_key_file_is_refused() {
     let server = TestServer::start(&data_dir);
     let client = Client::new(&server);
     let up = Upload::new("keyed", data(5_000, 4), 2_000);
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     drop(client);
     server.stop();
     let original = std::fs::read(&key_path).unwrap();

@@ -14,13 +14,6 @@ fn server() -> (tempfile::TempDir, TestServer, Client) {
     (dir, server, client)
 }
 
-fn file_id(r: &Reply) -> String {
-    r.json["file_id"]
-        .as_str()
-        .expect("every chunk reply has file_id")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_order_upload_in_every_dialect_and_body() {
     let (_dir, _server, client) = server();
@@ -46,7 +39,7 @@ async fn out_of_order_upload_in_every_dialect_and_body() {
             assert_eq!(r.json["total_chunks"], t);
             assert_eq!(r.json["complete"], k + 1 == t);
             // The file id is known from the first chunk on and never changes.
-            let this = file_id(&r);
+            let this = r.file_id();
             assert_eq!(id.get_or_insert(this.clone()), &this);
         }
         let got = client.download(&id.unwrap()).await;
@@ -73,7 +66,7 @@ async fn the_final_chunk_may_arrive_first_in_both_cutting_modes() {
             .await;
         assert_eq!(last.json["complete"], true);
         assert_eq!(last.json["completed_now"], true);
-        assert_eq!(client.download(&file_id(&last)).await, *up.data);
+        assert_eq!(client.download(&last.file_id()).await, *up.data);
     }
 }
 
@@ -143,7 +136,7 @@ async fn concurrent_final_chunks_complete_the_file_exactly_once() {
             completions, 1,
             "trial {trial}: exactly one request completes the file"
         );
-        let id = file_id(&replies[0]);
+        let id = replies[0].file_id();
         assert_eq!(client.download(&id).await, *up.data);
         let st = client.status(&up.identifier).await;
         assert_eq!(st.json["received"].as_array().unwrap().len(), t);
@@ -172,7 +165,7 @@ async fn a_chunk_sent_again_is_idempotent_and_other_bytes_are_refused() {
     assert_eq!(r.json["error"], "chunk_conflict");
     let done = client.send(&up, 3, Via::Octet).await;
     assert_eq!(done.json["complete"], true);
-    assert_eq!(client.download(&file_id(&done)).await, *up.data);
+    assert_eq!(client.download(&done.file_id()).await, *up.data);
     // A duplicate after completion is still a 200 that finds the file.
     let late = client.send(&up, 1, Via::Octet).await;
     assert_eq!(
@@ -183,7 +176,7 @@ async fn a_chunk_sent_again_is_idempotent_and_other_bytes_are_refused() {
         late.json["download_url"]
             .as_str()
             .unwrap()
-            .ends_with(&file_id(&done))
+            .ends_with(&done.file_id())
     );
     // Exactly one spool file per chunk remains: losers of races left nothing behind.
     assert_eq!(spool_files(&dir.path().join("data")).len(), 3);
@@ -212,7 +205,7 @@ async fn an_identifier_in_use_by_another_file_is_refused() {
     // The original is untouched and completes.
     let done = client.send(&up, 2, Via::Octet).await;
     assert_eq!(done.json["complete"], true);
-    assert_eq!(client.download(&file_id(&done)).await, *up.data);
+    assert_eq!(client.download(&done.file_id()).await, *up.data);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,7 +460,7 @@ async fn every_geometry_error_is_a_400_and_stores_nothing() {
     }
     // The real chunks are still welcome afterwards.
     let done = client.upload_in_order(&up, &[2, 1], Via::Octet).await;
-    assert_eq!(client.download(&file_id(&done)).await, *up.data);
+    assert_eq!(client.download(&done.file_id()).await, *up.data);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -36,17 +36,6 @@ fn index_row(data: &Path, file_id: &str) -> (String, i64) {
     .unwrap()
 }
 
-/// Uploads `up` in order and returns its file id, checking the completing reply.
-async fn upload(client: &Client, up: &Upload) -> String {
-    let order: Vec<usize> = (1..=up.total_chunks()).collect();
-    let last = client.upload_in_order(up, &order, Via::Octet).await;
-    assert_eq!(last.json["complete"], json!(true), "{:?}", last.json);
-    assert_eq!(last.json["completed_now"], json!(true), "{:?}", last.json);
-    let id = last.json["file_id"].as_str().unwrap().to_string();
-    assert_eq!(last.json["download_url"], json!(format!("/files/{id}")));
-    id
-}
-
 /// The standard 4-chunk file of these tests.
 fn big_upload(identifier: &str) -> Upload {
     let mut up = Upload::new(identifier, data(LEN, 7), CHUNK);
@@ -70,7 +59,7 @@ async fn get_and_head_of_a_multi_chunk_file() {
     let server = TestServer::start(dir.path());
     let client = Client::new(&server);
     let up = big_upload("big");
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     let (upload_id, completed_at) = index_row(dir.path(), &id);
     assert_eq!(upload_id.len(), 32);
     // The ETag is the upload id, which is also the spool directory's name.
@@ -168,7 +157,7 @@ async fn content_type_comes_from_resumable_type_or_is_octet_stream() {
     for (i, (mime, expected)) in cases.iter().enumerate() {
         let mut up = Upload::new(&format!("type-{i}"), data(1000, i as u64), 1000);
         up.mime = mime.to_string();
-        let id = upload(&client, &up).await;
+        let id = client.upload_all(&up).await;
         let resp = get_with(&client, &id, &[]).await;
         assert_eq!(resp.status().as_u16(), 200);
         assert_eq!(
@@ -221,7 +210,7 @@ async fn single_ranges_are_exact() {
     let server = TestServer::start(dir.path());
     let client = Client::new(&server);
     let up = big_upload("ranges");
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     let d = &up.data[..];
     let (c1, c2, c3) = (CHUNK, 2 * CHUNK, 3 * CHUNK);
 
@@ -389,7 +378,7 @@ async fn conditional_requests() {
     let server = TestServer::start(dir.path());
     let client = Client::new(&server);
     let up = big_upload("cond");
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     let first = get_with(&client, &id, &[]).await;
     let etag = hdr(first.headers(), "etag").to_string();
     let modified = hdr(first.headers(), "last-modified").to_string();
@@ -501,7 +490,7 @@ async fn content_disposition_survives_hostile_names() {
     for (i, (name, fallback_expected)) in cases.iter().enumerate() {
         let mut up = Upload::new(&format!("cd-{i}"), data(700, i as u64), 1000);
         up.filename = name.to_string();
-        let id = upload(&client, &up).await;
+        let id = client.upload_all(&up).await;
         let resp = get_with(&client, &id, &[]).await;
         assert_eq!(resp.status().as_u16(), 200, "{name:?}");
         let raw = resp
@@ -536,7 +525,7 @@ async fn content_disposition_survives_hostile_names() {
     // The full header of the example in the brief.
     let mut up = Upload::new("cd-exact", data(10, 1), 1000);
     up.filename = "résumé \"x\";.pdf".into();
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     let resp = get_with(&client, &id, &[]).await;
     assert_eq!(
         hdr(resp.headers(), "content-disposition"),
@@ -667,7 +656,7 @@ async fn a_flipped_byte_never_yields_a_complete_body() {
     let server = TestServer::start(dir.path());
     let client = Client::new(&server);
     let up = big_upload("corrupt");
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     assert!(client.download(&id).await == *up.data);
 
     let last_sealed = 150_008 - 150_008 % 16 + 16;
@@ -730,7 +719,7 @@ async fn a_missing_or_truncated_chunk_file_is_a_500_before_any_header() {
     let server = TestServer::start(dir.path());
     let client = Client::new(&server);
     let up = big_upload("missing");
-    let id = upload(&client, &up).await;
+    let id = client.upload_all(&up).await;
     let internal = json!({"error": "corrupt", "message": "internal error"});
 
     // Truncated by one byte: the size check refuses it.

@@ -17,7 +17,7 @@ async fn uploads_resume_after_a_restart_on_the_same_data_dir() {
     let r = client
         .upload_in_order(&up, &first_half, Via::MultipartBoth)
         .await;
-    let id = r.json["file_id"].as_str().unwrap().to_string();
+    let id = r.file_id();
     server.stop();
 
     let server = TestServer::start(&data_dir);

@@ -207,6 +207,16 @@ pub struct Reply {
     pub headers: reqwest::header::HeaderMap,
 }
 
+impl Reply {
+    /// The `file_id` every chunk reply carries.
+    pub fn file_id(&self) -> String {
+        self.json["file_id"]
+            .as_str()
+            .expect("every chunk reply has file_id")
+            .to_string()
+    }
+}
+
 impl Client {
     pub fn new(server: &TestServer) -> Client {
         Client {
@@ -298,6 +308,18 @@ impl Client {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// Uploads every chunk of `up` in order, checks that the last one completed the file, and
+    /// returns the file id.
+    pub async fn upload_all(&self, up: &Upload) -> String {
+        let order: Vec<usize> = (1..=up.total_chunks()).collect();
+        let last = self.upload_in_order(up, &order, Via::Octet).await;
+        assert_eq!(last.json["complete"], true, "{:?}", last.json);
+        assert_eq!(last.json["completed_now"], true, "{:?}", last.json);
+        let id = last.file_id();
+        assert_eq!(last.json["download_url"], format!("/files/{id}").as_str());
+        id
     }
 
     /// Uploads every chunk in the given order and returns the last reply.
