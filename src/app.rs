@@ -1,11 +1,14 @@
 //! The shared state of a running server, opened once at start.
 
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::auth::JwtKey;
+use crate::config::{Config, JwtSecret};
 use crate::crypto::{FileCipher, GlobalKey};
 use crate::error::{Error, Result};
+use crate::previews::Previews;
 use crate::router::Cors;
 use crate::store::{Index, Spool};
 
@@ -16,6 +19,9 @@ pub struct App {
     pub spool: Spool,
     pub key: GlobalKey,
     pub cors: Cors,
+    /// Verifies bearer tokens and signs links.
+    pub jwt: JwtKey,
+    pub previews: Previews,
 }
 
 impl App {
@@ -43,6 +49,19 @@ impl App {
             )));
         }
         let spool = Spool::open(data.join("spool"), config.storage.durability)?;
+        // Bytes left by a stop between a commit and the removal after it (a delete, an
+        // overwrite), or by a single-request upload that never committed.
+        let known = index
+            .upload_ids()
+            .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
+        let swept = spool.sweep_orphans(&known)?;
+        if swept > 0 {
+            tracing::warn!(
+                count = swept,
+                "removed spool directories that no index row owns"
+            );
+        }
+        let jwt = load_jwt(&config.auth.secret, data)?;
         let cors = Cors::new(&config.net.cors_origins);
         Ok(Arc::new(App {
             config,
@@ -50,6 +69,8 @@ impl App {
             spool,
             key,
             cors,
+            jwt,
+            previews: Previews::new(),
         }))
     }
 
@@ -71,4 +92,19 @@ impl App {
             .ok_or_else(|| Error::Corrupt("wrapped keys of the wrong length".into()))?;
         Ok(FileCipher::new(&self.key, &keys))
     }
+}
+
+/// The token secret: `CHUNKD_JWT_SECRET`, or the secret file. The default file,
+/// `<data>/jwt.secret`, is created with a random secret when absent, like the key file, so
+/// that `chunkd token` and the server agree with no setup.
+pub fn load_jwt(secret: &JwtSecret, data: &Path) -> io::Result<JwtKey> {
+    if secret.value.is_some() {
+        return JwtKey::from_env_or_file(secret.value.clone(), None);
+    }
+    let path = secret.path(data);
+    if secret.file.is_none() && !path.exists() {
+        std::fs::create_dir_all(data)?;
+        crate::auth::create_secret_file(&path)?;
+    }
+    JwtKey::from_env_or_file(None, Some(&path))
 }

@@ -5,15 +5,50 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// chunkd: a resumable-upload server for Resumable.js, Flow.js and the Twake Files API, keeping
 /// every byte encrypted at rest.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chunkd", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// With no command, chunkd serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
+}
+
+/// What chunkd does besides serving.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Mints a bearer token (HS256 JWT) for the Files API and `--require-auth`, signed with the
+    /// same secret the server uses, and prints it on stdout.
+    Token(TokenArgs),
+}
+
+/// The claims of a token to mint.
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// The principal: a user id, or an application id.
+    #[arg(long)]
+    pub sub: String,
+    /// A company the principal belongs to; repeat for several.
+    #[arg(long = "company", required = true)]
+    pub companies: Vec<String>,
+    /// Makes the token an application's (`application_id` claim): applications may overwrite
+    /// complete files.
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Lifetime: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Data directory whose JWT secret signs the token (when no other secret is given).
+    #[arg(long, env = "CHUNKD_DATA", default_value = "./chunkd-data")]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub secret: JwtSecret,
 }
 
 /// Everything a running server needs to know.
@@ -25,6 +60,55 @@ pub struct Config {
     pub storage: StorageConfig,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+/// Where the HS256 secret that signs tokens comes from.
+#[derive(Args, Debug, Clone)]
+pub struct JwtSecret {
+    /// The HS256 secret itself, at least 32 bytes. Give it through the environment: a flag's
+    /// value is visible to every local user in the process list.
+    #[arg(
+        long = "jwt-secret",
+        env = "CHUNKD_JWT_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub value: Option<String>,
+
+    /// File holding the HS256 secret (mode 0600). Default: `<data>/jwt.secret`, created with a
+    /// random secret on first start when no secret is given.
+    #[arg(long = "jwt-secret-file", env = "CHUNKD_JWT_SECRET_FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// Who may do what.
+#[derive(Args, Debug, Clone)]
+pub struct AuthConfig {
+    #[command(flatten)]
+    pub secret: JwtSecret,
+
+    /// Require a bearer token on the chunk endpoint (probes, chunks, status) and on `/files/`;
+    /// uploads are then private to the token's principal. The Files API always requires one.
+    #[arg(long, env = "CHUNKD_REQUIRE_AUTH")]
+    pub require_auth: bool,
+
+    /// Serve downloads and thumbnails of the Files API to anyone who has the URL, as the Node
+    /// server did. By default they need a token, or a signed URL from the file's resource.
+    #[arg(long, env = "CHUNKD_PUBLIC_DOWNLOADS")]
+    pub public_downloads: bool,
+
+    /// Lifetime of the signed download and thumbnail URLs in resources, in seconds.
+    #[arg(long, env = "CHUNKD_URL_TTL", default_value = "3600", value_parser = parse_secs)]
+    pub url_ttl: Duration,
+}
+
+impl JwtSecret {
+    /// The secret file actually used.
+    pub fn path(&self, data: &std::path::Path) -> PathBuf {
+        self.file.clone().unwrap_or_else(|| data.join("jwt.secret"))
+    }
 }
 
 /// Where and how chunkd answers.
@@ -131,6 +215,7 @@ fn parse_upload_path(s: &str) -> Result<String, String> {
         && !s.ends_with('/')
         && s != "/files"
         && !s.starts_with("/files/")
+        && !s.starts_with("/internal/")
         && !s.contains("//")
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
@@ -138,7 +223,8 @@ fn parse_upload_path(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(
-            "must look like /upload: start with /, not end with /, not be / or under /files, \
+            "must look like /upload: start with /, not end with /, not be / or under /files or \
+             /internal, \
              and use only letters, digits and - _ . ~"
                 .into(),
         )
@@ -149,6 +235,31 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("`{s}` is not a number of seconds"))
+}
+
+/// Parses a duration: `90` (seconds), `90s`, `15m`, `1h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 90s, 15m, 1h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a duration such as 90s, 15m, 1h or 7d"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is out of range"))
 }
 
 /// Parses `1048576`, `100MB`, `64GiB`, `1.5G`...
@@ -189,9 +300,21 @@ mod tests {
         assert_eq!(parse_size("12345").unwrap(), 12345);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("-1h").is_err());
         assert!(parse_upload_path("/upload").is_ok());
         for bad in [
-            "/", "upload", "/upload/", "/files", "/files/x", "/a//b", "/a?b",
+            "/",
+            "upload",
+            "/upload/",
+            "/files",
+            "/files/x",
+            "/a//b",
+            "/a?b",
+            "/internal/x",
         ] {
             assert!(parse_upload_path(bad).is_err(), "{bad}");
         }

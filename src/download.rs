@@ -18,29 +18,52 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::access;
 use crate::app::App;
 use crate::body::{self, Body, BoxError};
 use crate::crypto::{self, BLOCK, SEGMENT};
 use crate::error::{Error, Result};
+use crate::protocol::Params;
 use crate::store::FileRow;
-use crate::upload::ANONYMOUS;
 
 /// Bytes decrypted at a time (whole segments).
 const BATCH: usize = 8 * SEGMENT;
 /// Batches buffered between the reader thread and the socket.
 const IN_FLIGHT: usize = 4;
 
-/// `GET` or `HEAD /files/{id}`.
+/// `GET` or `HEAD /files/{id}`: anonymous, or with `--require-auth` the caller's own files,
+/// with a token or a signed link.
 pub async fn download(
     app: &Arc<App>,
     req: Request<Incoming>,
+    file_id: String,
+) -> Result<Response<Body>> {
+    let query = Params::from_query(req.uri().query())?;
+    let scope = if app.config.auth.require_auth && query.get(&["sig"])?.is_none() {
+        access::core_scope(app, req.headers(), Some(&query))?
+    } else if app.config.auth.require_auth {
+        // A signed link names its scope: the signature was made for (scope, file) only.
+        let scope = query.get(&["scope"])?.unwrap_or_default().to_string();
+        access::signed(app, &query, &scope, &file_id)?;
+        scope
+    } else {
+        access::ANONYMOUS.to_string()
+    };
+    serve_file(app, req, scope, file_id).await
+}
+
+/// Serves the complete file `file_id` of `scope`, or 404.
+pub async fn serve_file(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    scope: String,
     file_id: String,
 ) -> Result<Response<Body>> {
     let file = app
         .blocking(move |app| {
             let file = app
                 .index
-                .file(ANONYMOUS, &file_id)?
+                .file(&scope, &file_id)?
                 .ok_or(Error::NotFound("file"))?;
             check_spool(app, &file)?;
             Ok(file)
@@ -246,7 +269,8 @@ fn stream_plaintext(app: &Arc<App>, file: FileRow, start: u64, end: u64) -> Body
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(IN_FLIGHT);
     let app = Arc::clone(app);
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = read_range(&app, &file, start, end, &tx) {
+        let send = |bytes: Bytes| tx.blocking_send(Ok(bytes)).is_ok();
+        if let Err(e) = read_range(&app, &file, start, end, send) {
             tracing::error!(file_id = %file.id, error = %e, "download aborted");
             let _ = tx.blocking_send(Err(Box::new(e)));
         }
@@ -257,7 +281,19 @@ fn stream_plaintext(app: &Arc<App>, file: FileRow, start: u64, end: u64) -> Body
     StreamBody::new(stream).boxed()
 }
 
-/// Decrypts and sends bytes `start..end`, chunk by chunk. Stops quietly if the client left.
+/// Reads a whole complete file into memory, verified, for a caller that needs it at once (the
+/// preview maker, which bounds the size first).
+pub fn read_all(app: &App, file: &FileRow) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(file.shape.total_size as usize);
+    read_range(app, file, 0, file.shape.total_size, |b: Bytes| {
+        out.extend_from_slice(&b);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Decrypts and hands bytes `start..end` to `send`, chunk by chunk. Stops quietly when `send`
+/// returns false (the client left).
 ///
 /// Every chunk the range touches is read and hashed whole, even for a one-byte range, and the
 /// last piece sent from a chunk is held back until the chunk has passed its checks: a range of a
@@ -268,11 +304,10 @@ fn read_range(
     file: &FileRow,
     start: u64,
     end: u64,
-    tx: &tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+    mut send: impl FnMut(Bytes) -> bool,
 ) -> Result<()> {
     let cipher = app.file_cipher(&file.wrapped_keys)?;
     let cs = file.shape.chunk_size.unwrap_or(file.shape.total_size);
-    let send = |bytes: Bytes| tx.blocking_send(Ok(bytes)).is_ok();
     for c in &file.chunks {
         let base = (c.number - 1) * cs;
         let (a, b) = (start.max(base), end.min(base + c.len));
@@ -338,7 +373,7 @@ fn read_range(
 }
 
 /// Checks the PKCS#7 padding after the chunk's last plaintext byte (`plain` bytes into `buf`).
-fn check_padding(buf: &[u8], plain: u64) -> Result<()> {
+pub fn check_padding(buf: &[u8], plain: u64) -> Result<()> {
     let p = buf.len() as u64 - plain;
     let ok =
         (1..=BLOCK as u64).contains(&p) && buf[plain as usize..].iter().all(|&x| x as u64 == p);

@@ -47,6 +47,13 @@ pub enum Error {
     /// The client stopped sending, or sent a broken body.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// No valid credentials: a missing, malformed, wrongly signed or expired token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not grant this: another company, or a write the overwrite
+    /// rules refuse.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such upload or file (or not one this caller may see).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -90,6 +97,8 @@ impl Error {
             | BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
             NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -112,6 +121,8 @@ impl Error {
             UnsupportedMediaType(_) => "unsupported_media_type",
             Multipart(_) => "malformed_multipart",
             BodyRead(_) => "body_read_failed",
+            Unauthorized(_) => "unauthorized",
+            Forbidden(_) => "forbidden",
             NotFound(_) => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
             RangeNotSatisfiable(_) => "range_not_satisfiable",
@@ -144,6 +155,12 @@ impl Error {
             }
             Error::DiskFull | Error::Busy | Error::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            }
+            Error::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"chunkd\""),
+                );
             }
             Error::RangeNotSatisfiable(len) => {
                 let v = format!("bytes */{len}");

@@ -20,17 +20,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod crypto;
 pub mod download;
 pub mod error;
 pub mod geometry;
+pub mod previews;
 pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod thumbs;
+pub mod twake;
 pub mod upload;
 
 pub use app::App;

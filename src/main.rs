@@ -5,10 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::net::TcpListener;
 
+use chunkd::config::{Command, TokenArgs};
 use chunkd::{App, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Token(args)) = cli.command {
+        return token(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHUNKD_LOG")
@@ -55,4 +59,28 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// `chunkd token`: prints a token signed with the server's secret.
+fn token(args: TokenArgs) -> ExitCode {
+    let key = match chunkd::app::load_jwt(&args.secret, &args.data) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("chunkd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = chunkd::auth::Claims {
+        sub: args.sub,
+        exp: now + args.ttl.as_secs(),
+        nbf: None,
+        iat: Some(now),
+        companies: args.companies,
+        application_id: args.application,
+    };
+    println!("{}", key.mint(&claims));
+    ExitCode::SUCCESS
 }

@@ -20,7 +20,7 @@ pub const MAX_RELATIVE_PATH: usize = 4096;
 pub const MAX_TYPE: usize = 255;
 
 /// Every name a parameter goes by, in the order the dialects are tried.
-mod names {
+pub mod names {
     pub const NUMBER: &[&str] = &["resumableChunkNumber", "flowChunkNumber", "chunk_number"];
     pub const CHUNK_SIZE: &[&str] = &["resumableChunkSize", "flowChunkSize"];
     pub const CURRENT_SIZE: &[&str] = &["resumableCurrentChunkSize", "flowCurrentChunkSize"];
@@ -80,13 +80,13 @@ impl Params {
         }
     }
 
-    fn number(&self, names: &'static [&'static str]) -> Result<Option<u64>> {
+    pub fn number(&self, names: &'static [&'static str]) -> Result<Option<u64>> {
         self.get(names)?
             .map(|v| parse_number(names[0], v))
             .transpose()
     }
 
-    fn text(&self, names: &'static [&'static str], max: usize) -> Result<Option<String>> {
+    pub fn text(&self, names: &'static [&'static str], max: usize) -> Result<Option<String>> {
         self.get(names)?
             .map(|v| clean_text(names[0], v, max))
             .transpose()

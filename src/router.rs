@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::{Error, Result};
-use crate::{download, upload};
+use crate::{download, twake, upload};
 
 /// The service function: every request gets a response, errors included, with CORS headers.
 pub async fn handle(
@@ -21,10 +21,24 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Body>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let mut resp = if req.method() == Method::OPTIONS {
         app.cors.preflight(origin.as_ref(), req.headers())
     } else {
-        route(&app, req).await.unwrap_or_else(Error::into_response)
+        route(&app, req).await.unwrap_or_else(|e| {
+            let mut resp = e.into_response();
+            // The handler may have answered before reading the whole body; the connection
+            // cannot carry another request then, and the client must know not to reuse it.
+            if has_body {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        })
     };
     app.cors.decorate(origin.as_ref(), resp.headers_mut());
     Ok(resp)
@@ -50,6 +64,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
                 allow: "GET, HEAD, OPTIONS",
             }),
         };
+    }
+    if let Some(rest) = path.strip_prefix(twake::PREFIX) {
+        return twake::handle(app, req, rest).await;
     }
     if let Some(id) = path.strip_prefix("/files/") {
         if id.is_empty() || id.contains('/') {

@@ -19,6 +19,9 @@ use crate::router;
 /// configured grace for requests in flight. Only `main` binds a real address; tests bind
 /// `127.0.0.1:0`.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    if let Err(e) = crate::previews::resume(&app) {
+        tracing::warn!(error = %e, "cannot queue the previews left from the last run");
+    }
     let limit = Arc::new(Semaphore::new(app.config.net.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();

@@ -19,11 +19,13 @@ use hyper::{Request, Response, StatusCode, header};
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::access;
 use crate::app::App;
 use crate::body::{Body, json_response, status_only};
 use crate::crypto::{self, FileCipher, FileKeys, SEGMENT};
 use crate::error::{Error, Result};
 use crate::geometry::Expect;
+use crate::previews;
 use crate::protocol::{ChunkParams, Params};
 use crate::store::{ChunkRow, Commit, UploadRow, index::check_same_file};
 
@@ -36,9 +38,6 @@ const MAX_FIELD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 64;
 /// Multipart framing allowed on top of the largest chunk.
 const MULTIPART_SLACK: u64 = 1 << 20;
-
-/// The scope of anonymous uploads (authentication adds per-principal scopes).
-pub const ANONYMOUS: &str = "";
 
 /// What every probe and chunk response says, so that any of them lets a client find the file.
 #[derive(Debug, Serialize)]
@@ -58,12 +57,24 @@ pub struct ChunkReply {
     pub download_url: Option<String>,
 }
 
-/// Where a complete file is served.
-pub fn download_url(file_id: &str) -> String {
-    format!("/files/{file_id}")
+/// Where a complete file is served. With `--require-auth` the link carries a signature, so
+/// that it works from an `<a href>`.
+pub fn download_url(app: &App, scope: &str, file_id: &str) -> String {
+    if app.config.auth.require_auth {
+        let scope_q =
+            percent_encoding::utf8_percent_encode(scope, percent_encoding::NON_ALPHANUMERIC);
+        format!(
+            "/files/{file_id}?scope={scope_q}&{}",
+            access::signed_query(app, scope, file_id)
+        )
+    } else {
+        format!("/files/{file_id}")
+    }
 }
 
 fn reply(
+    app: &App,
+    scope: &str,
     row: &UploadRow,
     chunk: u64,
     received: u64,
@@ -78,7 +89,7 @@ fn reply(
         total_chunks: total,
         complete,
         completed_now: false,
-        download_url: complete.then(|| download_url(&row.file_id)),
+        download_url: complete.then(|| download_url(app, scope, &row.file_id)),
     }
 }
 
@@ -86,10 +97,12 @@ fn reply(
 /// Flow.js aborts the whole upload on one.
 pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let params = Params::from_query(req.uri().query())?;
+    let scope = access::core_scope(app, req.headers(), None)?;
     let chunk = params.chunk(None)?;
+    let s = scope.clone();
     let found = app
         .blocking(move |app| {
-            let Some(row) = app.index.find(ANONYMOUS, &chunk.identifier)? else {
+            let Some(row) = app.index.find(&s, &chunk.identifier)? else {
                 return Ok(None);
             };
             // A different file under the same identifier must not be told its chunks exist.
@@ -101,7 +114,15 @@ pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(match found {
         Some((row, n)) => {
             let complete = row.completed_at.is_some();
-            let body = reply(&row, n, row.received, row.shape.total_chunks, complete);
+            let body = reply(
+                app,
+                &scope,
+                &row,
+                n,
+                row.received,
+                row.shape.total_chunks,
+                complete,
+            );
             json_response(StatusCode::OK, &body)
         }
         None => status_only(StatusCode::NO_CONTENT),
@@ -127,16 +148,17 @@ struct StatusReply {
 /// `GET {upload-path}/status?resumableIdentifier=X`.
 pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let id = Params::from_query(req.uri().query())?.identifier()?;
+    let scope = access::core_scope(app, req.headers(), None)?;
     let reply = app
         .blocking(move |app| {
             let row = app
                 .index
-                .find(ANONYMOUS, &id)?
+                .find(&scope, &id)?
                 .ok_or(Error::NotFound("upload"))?;
             let received = app.index.received(&row.id)?;
             let complete = row.completed_at.is_some();
             Ok(StatusReply {
-                download_url: complete.then(|| download_url(&row.file_id)),
+                download_url: complete.then(|| download_url(app, &scope, &row.file_id)),
                 identifier: row.identifier,
                 file_id: row.file_id,
                 filename: row.filename,
@@ -153,35 +175,70 @@ pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
 
 /// `POST {upload-path}` (or `PUT`): stores one chunk, multipart or raw.
 pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let scope = access::core_scope(app, req.headers(), None)?;
     let (parts, body) = req.into_parts();
     let mut params = Params::from_query(parts.uri.query())?;
-    let limit = app.config.limits.max_chunk_size;
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if content_length.is_some_and(|n| n > limit + MULTIPART_SLACK) {
-        return Err(Error::BodyTooLarge(limit));
-    }
-    let mut source = ChunkBody::open(&parts.headers, body, limit, &mut params).await?;
+    let mut source = ChunkBody::open_checked(app, &parts.headers, body, &mut params).await?;
     let result = match params.chunk(None) {
-        Ok(chunk) => store_chunk(app, ANONYMOUS.to_string(), chunk, &mut source).await,
+        Ok(chunk) => {
+            let target = Target::Identifier {
+                scope: scope.clone(),
+            };
+            store_chunk(app, target, chunk, &mut source).await
+        }
         Err(e) => Err(e),
     };
     if result.is_err() {
         source.discard().await;
     }
-    result
+    let stored = result?;
+    let body = ChunkReply {
+        completed_now: stored.completed_now,
+        ..reply(
+            app,
+            &scope,
+            &stored.row,
+            stored.number,
+            stored.received,
+            stored.total,
+            stored.complete,
+        )
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
-/// Steps 3 to 6 of the flow, shared by every route that receives a chunk.
+/// Where a chunk goes.
+pub enum Target {
+    /// The upload under the request's identifier in this scope, created by its first chunk
+    /// (the chunk endpoint).
+    Identifier { scope: String },
+    /// The upload in progress of a file created beforehand (Files API). A complete file takes
+    /// a new upload, an overwrite, only if `may_overwrite`.
+    File {
+        scope: String,
+        file_id: String,
+        may_overwrite: bool,
+    },
+}
+
+/// A chunk stored (or found already stored), and where its upload stands.
+pub struct Stored {
+    pub row: UploadRow,
+    pub number: u64,
+    pub received: u64,
+    pub total: Option<u64>,
+    pub complete: bool,
+    /// True only for the one request whose commit completed the upload.
+    pub completed_now: bool,
+}
+
+/// Steps 3 to 5 of the flow, shared by every route that receives a chunk.
 pub async fn store_chunk(
     app: &Arc<App>,
-    scope: String,
+    target: Target,
     chunk: ChunkParams,
     source: &mut ChunkBody,
-) -> Result<Response<Body>> {
+) -> Result<Stored> {
     let limits = &app.config.limits;
     let d = chunk.declared;
     if d.total_size > limits.max_file_size {
@@ -196,9 +253,21 @@ pub async fn store_chunk(
     let req = chunk.clone();
     let (row, existing) = app
         .blocking(move |app| {
-            let (row, shape) = app.index.find_or_create(&scope, &req, || {
-                (new_id(), new_id(), app.key.wrap(&FileKeys::generate()))
-            })?;
+            let keys = || app.key.wrap(&FileKeys::generate());
+            let (row, shape) = match target {
+                Target::Identifier { scope } => app
+                    .index
+                    .find_or_create(&scope, &req, || (new_id(), new_id(), keys()))?,
+                Target::File {
+                    scope,
+                    file_id,
+                    may_overwrite,
+                } => app
+                    .index
+                    .upload_for_file(&scope, &file_id, may_overwrite, &req, || {
+                        (new_id(), keys())
+                    })?,
+            };
             let existing = app.index.chunk(&row.id, req.declared.number)?;
             Ok((row, (shape, existing)))
         })
@@ -224,89 +293,142 @@ pub async fn store_chunk(
         if len != stored.len || hash != stored.hash {
             return Err(Error::ChunkDiffers(d.number));
         }
-        let complete = row.completed_at.is_some();
-        let body = reply(
-            &row,
-            d.number,
-            row.received,
-            row.shape.total_chunks,
-            complete,
-        );
-        return Ok(json_response(StatusCode::OK, &body));
+        return Ok(Stored {
+            number: d.number,
+            received: row.received,
+            total: row.shape.total_chunks,
+            complete: row.completed_at.is_some(),
+            completed_now: false,
+            row,
+        });
     }
 
     let cipher = Arc::new(app.file_cipher(&row.wrapped_keys)?);
-    let nonce = crypto::random_u64();
-    let upload_id = row.id.clone();
     let number = d.number;
-    let (file, path) = app
-        .blocking(move |app| {
-            let f = app.spool.create_chunk(&upload_id, number, nonce)?;
-            Ok((f, app.spool.chunk_path(&upload_id, number, nonce)?))
-        })
-        .await?;
-    let guard = LitterGuard(Some(path));
-    let mut writer = ChunkWriter::new(file, cipher, nonce, number as u32);
-    let mut len = 0u64;
-    while let Some(data) = source.next().await? {
-        len += data.len() as u64;
-        if len > max {
-            return Err(Error::Geometry(format!(
-                "chunk {number} holds more bytes than its geometry allows ({max})"
-            )));
-        }
-        writer.push(data).await?;
-    }
-    source.finish().await?;
+    let (written, _) = write_chunk(app, &row.id, cipher, number, source, max, false).await?;
     if let Some(cur) = d.current_size
-        && cur != len
+        && cur != written.row.len
     {
         return Err(Error::Geometry(format!(
-            "chunk {number} declared {cur} bytes but {len} arrived"
+            "chunk {number} declared {cur} bytes but {} arrived",
+            written.row.len
         )));
     }
-    let (file, hash) = writer.finish().await?;
     let upload_id = row.id.clone();
     // The guard moves into the blocking task: the file and its row are decided together there,
     // even if the client hangs up and this request's future is dropped meanwhile.
     let commit = app
         .blocking(move |app| {
-            let mut guard = guard;
+            let Written {
+                file,
+                row: chunk,
+                mut guard,
+            } = written;
             app.spool.finish_chunk(file, &upload_id)?;
-            let row = ChunkRow {
-                number,
-                len,
-                nonce,
-                hash,
-            };
-            let commit = app.index.commit_chunk(&upload_id, &d, row)?;
-            if matches!(commit, Commit::Stored { .. }) {
+            let commit = app.index.commit_chunk(&upload_id, &d, chunk)?;
+            if let Commit::Stored { replaced, .. } = &commit {
                 guard.keep();
+                if let Some(old) = replaced {
+                    // The replaced content's rows are gone; its bytes follow.
+                    app.spool.remove_upload(old)?;
+                }
             }
             Ok(commit)
         })
         .await?;
-    let body = match commit {
+    let (received, total, complete, completed_now) = match commit {
         Commit::Stored {
             received,
             total,
             completed,
-        } => {
-            if completed {
-                tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
-            }
-            ChunkReply {
-                completed_now: completed,
-                ..reply(&row, number, received, total, completed)
-            }
-        }
+            ..
+        } => (received, total, completed, completed),
         Commit::AlreadyStored {
             received,
             total,
             complete,
-        } => reply(&row, number, received, total, complete),
+        } => (received, total, complete, false),
     };
-    Ok(json_response(StatusCode::OK, &body))
+    if completed_now {
+        tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
+        previews::queue(app, row.id.clone());
+    }
+    Ok(Stored {
+        row,
+        number,
+        received,
+        total,
+        complete,
+        completed_now,
+    })
+}
+
+/// A chunk file written and sealed, not yet durable nor committed.
+pub struct Written {
+    pub file: std::fs::File,
+    pub row: ChunkRow,
+    /// Removes the file unless its row commits.
+    pub guard: LitterGuard,
+}
+
+/// Streams at most `max` bytes of `source` through the cipher into a fresh file for chunk
+/// `number` of upload `upload_id`. More bytes than `max` are an error, unless `split`: then the
+/// chunk ends at `max` bytes, the rest stays in `source` for the next chunk, and the returned
+/// flag says whether there is a rest. That lets one stream be cut into several chunks.
+pub async fn write_chunk(
+    app: &Arc<App>,
+    upload_id: &str,
+    cipher: Arc<FileCipher>,
+    number: u64,
+    source: &mut ChunkBody,
+    max: u64,
+    split: bool,
+) -> Result<(Written, bool)> {
+    let nonce = crypto::random_u64();
+    let id = upload_id.to_string();
+    let (file, path) = app
+        .blocking(move |app| {
+            let f = app.spool.create_chunk(&id, number, nonce)?;
+            Ok((f, app.spool.chunk_path(&id, number, nonce)?))
+        })
+        .await?;
+    let guard = LitterGuard(Some(path));
+    let mut writer = ChunkWriter::new(file, cipher, nonce, number as u32);
+    let mut len = 0u64;
+    let mut more = false;
+    while let Some(mut data) = source.next().await? {
+        if len == max && split {
+            source.stash = Some(data);
+            more = true;
+            break;
+        }
+        if len + data.len() as u64 > max {
+            if !split {
+                return Err(Error::Geometry(format!(
+                    "chunk {number} holds more bytes than its geometry allows ({max})"
+                )));
+            }
+            let rest = data.split_off((max - len) as usize);
+            source.stash = Some(rest);
+            more = true;
+        }
+        len += data.len() as u64;
+        writer.push(data).await?;
+        if more {
+            break;
+        }
+    }
+    if !more {
+        source.finish().await?;
+    }
+    let (file, hash) = writer.finish().await?;
+    let row = ChunkRow {
+        number,
+        len,
+        nonce,
+        hash,
+    };
+    Ok((Written { file, row, guard }, more))
 }
 
 /// A fresh id for a file or an upload: 128 random bits as 32 hex digits.
@@ -321,10 +443,10 @@ pub fn new_id() -> String {
 
 /// Removes a chunk file that never got its index row, however the request ends (an error, a
 /// client that went away, a cancelled task).
-struct LitterGuard(Option<PathBuf>);
+pub struct LitterGuard(Option<PathBuf>);
 
 impl LitterGuard {
-    fn keep(&mut self) {
+    pub fn keep(&mut self) {
         self.0 = None;
     }
 }
@@ -341,9 +463,19 @@ impl Drop for LitterGuard {
 }
 
 /// The bytes of one chunk, from a raw body or from the file part of a multipart body.
+pub struct ChunkBody {
+    source: Source,
+    /// Bytes read but not yet consumed: the start of the next chunk when one stream is cut
+    /// into several ([`write_chunk`] with `split`).
+    stash: Option<Bytes>,
+    /// The file part's own filename and type, if it gave them.
+    pub part_name: Option<String>,
+    pub part_type: Option<String>,
+}
+
 // One lives per request, in its task: boxing the larger variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-pub enum ChunkBody {
+enum Source {
     Raw(Incoming),
     Part {
         multipart: multer::Multipart<'static>,
@@ -360,7 +492,46 @@ fn multipart_error(e: multer::Error) -> Error {
     }
 }
 
+impl From<Source> for ChunkBody {
+    fn from(source: Source) -> Self {
+        ChunkBody {
+            source,
+            stash: None,
+            part_name: None,
+            part_type: None,
+        }
+    }
+}
+
+/// True if the request's body is a multipart form.
+pub fn is_multipart(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("multipart/form-data"))
+}
+
 impl ChunkBody {
+    /// [`ChunkBody::open`] for one chunk: a `Content-Length` larger than any legal chunk is
+    /// refused before reading.
+    pub async fn open_checked(
+        app: &App,
+        headers: &hyper::HeaderMap,
+        body: Incoming,
+        params: &mut Params,
+    ) -> Result<ChunkBody> {
+        let limit = app.config.limits.max_chunk_size;
+        let content_length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if content_length.is_some_and(|n| n > limit + MULTIPART_SLACK) {
+            return Err(Error::BodyTooLarge(limit));
+        }
+        ChunkBody::open(headers, body, limit, params).await
+    }
+
     /// Chooses by `Content-Type`: `multipart/form-data` is read up to the file part, collecting
     /// the fields before it into `params`; any other body but a form is the raw chunk (Flow.js
     /// sends octet chunks with the file's own type).
@@ -403,23 +574,32 @@ impl ChunkBody {
                     return Err(Error::Multipart(format!("more than {MAX_FIELDS} fields")));
                 }
             };
-            Ok(ChunkBody::Part {
-                multipart,
-                field: Some(field),
+            let part_name = field.file_name().map(str::to_string);
+            let part_type = field.content_type().map(|m| m.essence_str().to_string());
+            Ok(ChunkBody {
+                part_name,
+                part_type,
+                ..ChunkBody::from(Source::Part {
+                    multipart,
+                    field: Some(field),
+                })
             })
         } else if essence.starts_with("multipart/")
             || essence == "application/x-www-form-urlencoded"
         {
             Err(Error::UnsupportedMediaType(essence))
         } else {
-            Ok(ChunkBody::Raw(body))
+            Ok(ChunkBody::from(Source::Raw(body)))
         }
     }
 
     /// The next piece of the chunk's bytes.
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
-        match self {
-            ChunkBody::Raw(body) => loop {
+        if let Some(b) = self.stash.take() {
+            return Ok(Some(b));
+        }
+        match &mut self.source {
+            Source::Raw(body) => loop {
                 match body.frame().await {
                     None => return Ok(None),
                     Some(Err(e)) => return Err(Error::BodyRead(e.to_string())),
@@ -432,7 +612,7 @@ impl ChunkBody {
                     }
                 }
             },
-            ChunkBody::Part { field, .. } => match field {
+            Source::Part { field, .. } => match field {
                 None => Ok(None),
                 Some(f) => match f.chunk().await.map_err(multipart_error)? {
                     Some(b) => Ok(Some(b)),
@@ -447,7 +627,7 @@ impl ChunkBody {
 
     /// After the chunk's bytes: a multipart body must end with the file part.
     pub async fn finish(&mut self) -> Result<()> {
-        if let ChunkBody::Part { multipart, field } = self {
+        if let Source::Part { multipart, field } = &mut self.source {
             debug_assert!(field.is_none());
             if multipart
                 .next_field()
@@ -474,7 +654,7 @@ impl ChunkBody {
                     return;
                 }
             }
-            if let ChunkBody::Part { multipart, .. } = self {
+            if let Source::Part { multipart, .. } = &mut self.source {
                 while let Ok(Some(mut f)) = multipart.next_field().await {
                     while let Ok(Some(b)) = f.chunk().await {
                         seen += b.len() as u64;

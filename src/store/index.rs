@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 
 -- What users see: a file id, its name and type, and which complete upload holds its bytes.
+-- The scope says who may see it: "" (anonymous), a principal's scope (--require-auth), or
+-- "company:<id>" (Files API).
 CREATE TABLE IF NOT EXISTS files (
     id            TEXT PRIMARY KEY,
     scope         TEXT NOT NULL,
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     completed_at INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS uploads_identity ON uploads(scope, identifier);
+CREATE INDEX IF NOT EXISTS uploads_file ON uploads(file_id);
 
 -- Committed chunks. Their bytes are in spool/<upload_id>/<number>.<nonce as 16 hex digits>.
 CREATE TABLE IF NOT EXISTS chunks (
@@ -60,7 +63,34 @@ CREATE TABLE IF NOT EXISTS chunks (
     hash      INTEGER NOT NULL,     -- xxh3-64 of the plaintext (signed twin)
     PRIMARY KEY (upload_id, number)
 ) WITHOUT ROWID;
+
+-- Previews of a complete upload's content. Bytes in spool/<upload_id>/t<idx>.<nonce>.
+CREATE TABLE IF NOT EXISTS thumbnails (
+    upload_id TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
+    idx       INTEGER NOT NULL,
+    id        TEXT NOT NULL,
+    width     INTEGER NOT NULL,
+    height    INTEGER NOT NULL,
+    len       INTEGER NOT NULL,     -- PNG bytes
+    nonce     INTEGER NOT NULL,
+    hash      INTEGER NOT NULL,
+    PRIMARY KEY (upload_id, idx)
+) WITHOUT ROWID;
 "#;
+
+/// Columns added after format 1's first release: (table, column, definition). Added to an older
+/// index on open, so a data directory keeps working across upgrades.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Files API: who created the file, and what its creation request declared.
+    ("files", "user_id", "TEXT"),
+    ("files", "application_id", "TEXT"),
+    ("files", "declared_size", "INTEGER"),
+    ("files", "declared_chunks", "INTEGER"),
+    // uploads.id of the upload in progress (the first one, or an application's overwrite).
+    ("files", "pending", "TEXT"),
+    // Preview state of a complete upload: 'waiting', 'done' or 'error'.
+    ("uploads", "thumbs", "TEXT NOT NULL DEFAULT 'waiting'"),
+];
 
 /// The current time in epoch milliseconds.
 pub fn now_ms() -> i64 {
@@ -99,10 +129,13 @@ pub struct ChunkRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Commit {
     /// The chunk is now stored; `completed` is true for the one commit that completed the file.
+    /// `replaced` is the upload whose content this completion replaced (an overwrite): its rows
+    /// are gone, and its spool directory is for the caller to remove.
     Stored {
         received: u64,
         total: Option<u64>,
         completed: bool,
+        replaced: Option<String>,
     },
     /// The chunk was already stored (by a concurrent or earlier request) with these bytes.
     AlreadyStored {
@@ -130,10 +163,10 @@ pub struct Index {
     conn: Mutex<Connection>,
 }
 
-const UPLOAD_COLS: &str = "u.id, u.file_id, u.identifier, f.name, f.relative_path, f.mime, \
+pub(super) const UPLOAD_COLS: &str = "u.id, u.file_id, u.identifier, f.name, f.relative_path, f.mime, \
     u.total_size, u.chunk_size, u.total_chunks, u.keys, u.received, u.created_at, u.completed_at";
 
-fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadRow> {
+pub(super) fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadRow> {
     Ok(UploadRow {
         id: r.get(0)?,
         file_id: r.get(1)?,
@@ -153,7 +186,7 @@ fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UploadRow> {
     })
 }
 
-fn opt_i64(v: Option<u64>) -> Option<i64> {
+pub(super) fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|x| x as i64)
 }
 
@@ -170,6 +203,16 @@ impl Index {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        for (table, column, def) in ADDED_COLUMNS {
+            let present: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))?
+                .exists([column])?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
+            }
+        }
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')",
             [],
@@ -179,7 +222,7 @@ impl Index {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back), so a
         // poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -386,17 +429,30 @@ impl Index {
                 completed
             ],
         )?;
+        let mut replaced = None;
         if completed {
+            // The new content replaces the old in this same commit: a reader sees one or the
+            // other, whole.
+            let old: Option<String> =
+                tx.query_row("SELECT content FROM files WHERE id = ?1", [&file_id], |r| {
+                    r.get(0)
+                })?;
             tx.execute(
-                "UPDATE files SET content = ?2, updated_at = ?3 WHERE id = ?1",
+                "UPDATE files SET content = ?2, updated_at = ?3, \
+                 pending = CASE WHEN pending = ?2 THEN NULL ELSE pending END WHERE id = ?1",
                 params![file_id, upload_id, now],
             )?;
+            if let Some(old) = old.filter(|o| o != upload_id) {
+                tx.execute("DELETE FROM uploads WHERE id = ?1", [&old])?;
+                replaced = Some(old);
+            }
         }
         tx.commit()?;
         Ok(Commit::Stored {
             received,
             total: shape.total_chunks,
             completed,
+            replaced,
         })
     }
 

@@ -1,7 +1,9 @@
 //! Storage: the SQLite index (the truth) and the spool of encrypted chunk files.
 
+pub mod files;
 pub mod index;
 pub mod spool;
 
+pub use files::{FileMeta, NewFile, ThumbRow};
 pub use index::{ChunkRow, Commit, FileRow, Index, UploadRow};
 pub use spool::Spool;

@@ -71,6 +71,52 @@ impl Spool {
             .open(self.chunk_path(upload_id, number, nonce)?)
     }
 
+    /// The file of one write of thumbnail `idx` of an upload's content.
+    pub fn thumb_path(&self, upload_id: &str, idx: u32, nonce: u64) -> io::Result<PathBuf> {
+        Ok(self
+            .upload_dir(upload_id)?
+            .join(format!("t{idx}.{nonce:016x}")))
+    }
+
+    /// Writes a whole sealed blob (a thumbnail) to a fresh file, durably as configured.
+    pub fn write_blob(&self, upload_id: &str, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+        f.write_all(bytes)?;
+        self.finish_chunk(f, upload_id)
+    }
+
+    /// Removes an upload's directory and everything in it. Missing is fine: removal is retried
+    /// by the startup sweep, so it may already be gone.
+    pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
+        match fs::remove_dir_all(self.upload_dir(upload_id)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every upload directory not in `known` (the index's uploads): what a stop left
+    /// between a commit and the removal that follows it (deletes, overwrites), and chunks of
+    /// single-request uploads that never committed. Returns how many were removed. Call it
+    /// before serving, while nothing writes.
+    pub fn sweep_orphans(&self, known: &std::collections::HashSet<String>) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if checked_id(name).is_ok() && !known.contains(name) {
+                tracing::warn!(
+                    upload_id = name,
+                    "removing spool bytes that no index row owns"
+                );
+                fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Makes a written chunk file durable, as the durability setting demands: its data, and its
     /// name in the directory.
     pub fn finish_chunk(&self, file: File, upload_id: &str) -> io::Result<()> {
