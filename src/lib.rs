@@ -14,6 +14,10 @@
 //!   * [`crypto`]: the two-layer cipher and the on-disk format.
 //!   * [`store`]: the SQLite [`store::Index`] (the truth) and the [`store::Spool`] of chunk files.
 //! * [`download`]: streaming decryption with Range and conditional requests.
+//! * [`twake`]: the Twake Files API, on the same flow ([`upload::store_chunk`] with
+//!   [`upload::Target::File`]) plus files created before their bytes, overwrites and deletion.
+//!   * [`auth`]: HS256 tokens and signed links; [`access`]: who may see which scope.
+//!   * [`previews`]: thumbnails made after completion; [`thumbs`]: the decoding itself.
 //! * [`error`]: the one error enum, and the one place errors become responses.
 //! * [`body`]: the one response body type.
 //! * [`config`] and [`app`]: flags, and the state they open.
