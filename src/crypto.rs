@@ -30,7 +30,11 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use aes::Aes256;
-use aes::cipher::{Array, BlockCipherEncrypt, BlockModeDecrypt, InnerIvInit, KeyInit};
+use aes::cipher::consts::U16;
+use aes::cipher::{
+    Array, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockModeDecrypt,
+    BlockSizeUser, InnerIvInit, KeyInit, ParBlocks,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Bytes in one segment, the unit of one CBC chain. Small enough that a batch of segments in
@@ -41,7 +45,7 @@ pub const BLOCK: usize = 16;
 /// How many segments are encrypted side by side: the depth of the AES pipeline.
 const LANES: usize = 8;
 
-type Block = Array<u8, aes::cipher::consts::U16>;
+type Block = Array<u8, U16>;
 
 /// Fills `buf` from the system CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) {
@@ -250,53 +254,21 @@ impl FileCipher {
 
     /// Encrypts, in place, consecutive segments of one chunk starting at segment `first`. Every
     /// segment but the last in `buf` must be whole; the last one must be a multiple of 16 bytes.
+    ///
+    /// Up to [`LANES`] segments are CBC-encrypted in lockstep, both layers per block: block `i`
+    /// of each lane goes through the inner cipher, then straight through the outer one, so the
+    /// AES units always have a batch of independent blocks to work on. The whole loop runs
+    /// inside the `aes` crate's backend closures, so it is compiled with the AES instructions
+    /// the crate detected at run time (AES-NI here), with no dispatch per block.
     pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
         assert!(buf.len() % BLOCK == 0, "sealed data must be whole blocks");
-        let mut seg = first;
-        for group in buf.chunks_mut(SEGMENT * LANES) {
-            let mut lanes: Vec<&mut [u8]> = group.chunks_mut(SEGMENT).collect();
-            let mut ivs_in = [[0u8; 16]; LANES];
-            let mut ivs_out = [[0u8; 16]; LANES];
-            for (i, _) in lanes.iter().enumerate() {
-                (ivs_in[i], ivs_out[i]) = self.segment_ivs(nonce, chunk, seg + i as u32);
-            }
-            seg += lanes.len() as u32;
-            self.seal_lanes(&mut lanes, &ivs_in, &ivs_out);
-        }
-    }
-
-    /// CBC-encrypts up to [`LANES`] independent segments in lockstep, both layers per block:
-    /// block `i` of each lane goes through the inner cipher, then straight through the outer one,
-    /// so the AES units always have a batch of independent blocks to work on.
-    fn seal_lanes(&self, lanes: &mut [&mut [u8]], ivs_in: &[[u8; 16]], ivs_out: &[[u8; 16]]) {
-        let n = lanes.len();
-        let mut prev_in: [Block; LANES] = std::array::from_fn(|i| Block::from(ivs_in[i]));
-        let mut prev_out: [Block; LANES] = std::array::from_fn(|i| Block::from(ivs_out[i]));
-        let mut batch = [Block::default(); LANES];
-        let blocks = lanes.iter().map(|l| l.len() / BLOCK).max().unwrap_or(0);
-        for b in 0..blocks {
-            // Lanes are in order and only the last can be short, so the live ones are a prefix.
-            let live = lanes.iter().take_while(|l| l.len() / BLOCK > b).count();
-            for l in 0..live {
-                let p = &lanes[l][b * BLOCK..][..BLOCK];
-                for j in 0..BLOCK {
-                    batch[l][j] = p[j] ^ prev_in[l][j];
-                }
-            }
-            self.inner.encrypt_blocks(&mut batch[..live]);
-            for l in 0..live {
-                prev_in[l] = batch[l];
-                for j in 0..BLOCK {
-                    batch[l][j] ^= prev_out[l][j];
-                }
-            }
-            self.outer.encrypt_blocks(&mut batch[..live]);
-            for l in 0..live {
-                prev_out[l] = batch[l];
-                lanes[l][b * BLOCK..][..BLOCK].copy_from_slice(&batch[l]);
-            }
-        }
-        debug_assert!(n <= LANES);
+        self.inner.encrypt_with_backend(SealWithInner {
+            cipher: self,
+            nonce,
+            chunk,
+            first,
+            buf,
+        });
     }
 
     /// Decrypts, in place, consecutive segments of one chunk starting at segment `first` (the
@@ -308,6 +280,124 @@ impl FileCipher {
             cbc_decrypt(&self.outer, &iv_out, seg);
             cbc_decrypt(&self.inner, &iv_in, seg);
         }
+    }
+}
+
+/// Sealing, first step: the inner layer's backend is at hand; fetch the outer one.
+struct SealWithInner<'a> {
+    cipher: &'a FileCipher,
+    nonce: u64,
+    chunk: u32,
+    first: u32,
+    buf: &'a mut [u8],
+}
+
+impl BlockSizeUser for SealWithInner<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for SealWithInner<'_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, inner: &B) {
+        let outer = &self.cipher.outer;
+        outer.encrypt_with_backend(SealWithBoth { job: self, inner });
+    }
+}
+
+/// Sealing, second step: both backends are at hand.
+struct SealWithBoth<'a, 'b, I> {
+    job: SealWithInner<'a>,
+    inner: &'b I,
+}
+
+impl<I> BlockSizeUser for SealWithBoth<'_, '_, I> {
+    type BlockSize = U16;
+}
+
+impl<I: BlockCipherEncBackend<BlockSize = U16>> BlockCipherEncClosure for SealWithBoth<'_, '_, I> {
+    #[inline(always)]
+    fn call<O: BlockCipherEncBackend<BlockSize = U16>>(self, outer: &O) {
+        let SealWithBoth { job, inner } = self;
+        let c = job.cipher;
+        let mut seg = job.first;
+        for group in job.buf.chunks_mut(SEGMENT * LANES) {
+            let lanes = group.len().div_ceil(SEGMENT);
+            // Each lane's IVs: the tweak under each layer's key, all lanes at once.
+            let mut iv_in = [Block::default(); LANES];
+            let mut iv_out = [Block::default(); LANES];
+            for l in 0..lanes {
+                let t = tweak(job.nonce, job.chunk, seg + l as u32);
+                iv_in[l] = Block::from(xor16(&c.inner_iv, &t));
+                iv_out[l] = Block::from(xor16(&c.outer_iv, &t));
+            }
+            encrypt_with(inner, &mut iv_in[..lanes]);
+            encrypt_with(outer, &mut iv_out[..lanes]);
+            seg += lanes as u32;
+            let mut prev_in: [u128; LANES] = std::array::from_fn(|l| to_u128(&iv_in[l]));
+            let mut prev_out: [u128; LANES] = std::array::from_fn(|l| to_u128(&iv_out[l]));
+            // Lanes are in order and only the last can be short: the live ones are a prefix.
+            let last_rows = (group.len() - (lanes - 1) * SEGMENT) / BLOCK;
+            let rows = if lanes > 1 { SEGMENT / BLOCK } else { last_rows };
+            for r in 0..rows {
+                if r < last_rows && lanes == LANES {
+                    // The common case, with a constant lane count the compiler unrolls.
+                    seal_row(inner, outer, group, r, LANES, &mut prev_in, &mut prev_out);
+                } else {
+                    let live = if r < last_rows { lanes } else { lanes - 1 };
+                    seal_row(inner, outer, group, r, live, &mut prev_in, &mut prev_out);
+                }
+            }
+        }
+    }
+}
+
+/// Encrypts block `r` of the first `live` lanes of `group`, both layers.
+#[inline(always)]
+fn seal_row<I, O>(
+    inner: &I,
+    outer: &O,
+    group: &mut [u8],
+    r: usize,
+    live: usize,
+    prev_in: &mut [u128; LANES],
+    prev_out: &mut [u128; LANES],
+) where
+    I: BlockCipherEncBackend<BlockSize = U16>,
+    O: BlockCipherEncBackend<BlockSize = U16>,
+{
+    let mut x = [Block::default(); LANES];
+    for l in 0..live {
+        let at = l * SEGMENT + r * BLOCK;
+        let p = u128::from_ne_bytes(group[at..at + BLOCK].try_into().unwrap());
+        x[l] = Block::from((p ^ prev_in[l]).to_ne_bytes());
+    }
+    encrypt_with(inner, &mut x[..live]);
+    for l in 0..live {
+        prev_in[l] = to_u128(&x[l]);
+        x[l] = Block::from((prev_in[l] ^ prev_out[l]).to_ne_bytes());
+    }
+    encrypt_with(outer, &mut x[..live]);
+    for l in 0..live {
+        prev_out[l] = to_u128(&x[l]);
+        let at = l * SEGMENT + r * BLOCK;
+        group[at..at + BLOCK].copy_from_slice(&x[l]);
+    }
+}
+
+#[inline(always)]
+fn to_u128(b: &Block) -> u128 {
+    u128::from_ne_bytes((*b).into())
+}
+
+/// Encrypts independent blocks with a backend: whole batches of its parallel width, then the rest.
+#[inline(always)]
+fn encrypt_with<B: BlockCipherEncBackend<BlockSize = U16>>(backend: &B, blocks: &mut [Block]) {
+    let (par, tail) = ParBlocks::<B>::slice_as_chunks_mut(blocks);
+    for p in par {
+        backend.encrypt_par_blocks_inplace(p);
+    }
+    for b in tail {
+        backend.encrypt_block_inplace(b);
     }
 }
 
@@ -391,6 +481,27 @@ mod tests {
             fc.open_segments(42, 3, 0, &mut buf);
             assert_eq!(&buf[..len], &plain[..]);
             assert_eq!(buf.len() as u64, sealed_len(len as u64));
+        }
+    }
+
+    #[test]
+    fn sealing_in_batches_equals_one_pass() {
+        // The upload path seals a chunk in batches of whole segments, passing the first segment
+        // number of each: any cut must give the bytes of one pass over the whole chunk.
+        let fc = FileCipher::new(&global(), &FileKeys::generate());
+        for len in [17 * SEGMENT + 4096, 16 * SEGMENT, 8 * SEGMENT + 16, 23 * SEGMENT + 48] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+            let mut whole = plain.clone();
+            fc.seal_segments(9, 4, 0, &mut whole);
+            for batch in [1, 3, 8, 9] {
+                let mut cut = plain.clone();
+                for (i, piece) in cut.chunks_mut(batch * SEGMENT).enumerate() {
+                    fc.seal_segments(9, 4, (i * batch) as u32, piece);
+                }
+                assert_eq!(cut, whole, "len {len} batch {batch}");
+            }
+            fc.open_segments(9, 4, 0, &mut whole);
+            assert_eq!(whole, plain);
         }
     }
 
