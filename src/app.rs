@@ -8,9 +8,10 @@ use crate::auth::JwtKey;
 use crate::config::{Config, JwtSecret};
 use crate::crypto::{FileCipher, GlobalKey};
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, SpoolUsage};
 use crate::previews::Previews;
 use crate::router::Cors;
-use crate::store::{Index, Spool};
+use crate::store::{Index, Removed, Spool};
 
 /// Everything a request handler may need.
 pub struct App {
@@ -22,6 +23,9 @@ pub struct App {
     /// Verifies bearer tokens and signs links.
     pub jwt: JwtKey,
     pub previews: Previews,
+    pub metrics: Metrics,
+    /// The spool's committed size and the quota.
+    pub usage: SpoolUsage,
 }
 
 impl App {
@@ -54,13 +58,15 @@ impl App {
         let known = index
             .upload_ids()
             .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
+        let metrics = Metrics::new();
         let swept = spool.sweep_orphans(&known)?;
-        if swept > 0 {
-            tracing::warn!(
-                count = swept,
-                "removed spool directories that no index row owns"
-            );
-        }
+        let lost = forget_lost_chunks(&index, &spool)
+            .map_err(|e| io::Error::other(format!("cannot check the spool: {e}")))?;
+        metrics.orphans_removed.inc_by((swept + lost) as u64);
+        let committed = index
+            .spool_bytes()
+            .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
+        let usage = SpoolUsage::new(committed, config.limits.max_spool_bytes);
         let jwt = load_jwt(&config.auth.secret, data)?;
         let cors = Cors::new(&config.net.cors_origins);
         Ok(Arc::new(App {
@@ -71,6 +77,8 @@ impl App {
             cors,
             jwt,
             previews: Previews::new(),
+            metrics,
+            usage,
         }))
     }
 
@@ -82,6 +90,15 @@ impl App {
     {
         let app = Arc::clone(self);
         tokio::task::spawn_blocking(move || f(&app)).await?
+    }
+
+    /// Removes the bytes of uploads whose rows are gone, and counts them out of the spool.
+    pub fn release(&self, removed: &Removed) -> Result<()> {
+        self.usage.remove(removed.bytes);
+        for u in &removed.uploads {
+            self.spool.remove_upload(u)?;
+        }
+        Ok(())
     }
 
     /// The cipher of a file, from its wrapped keys.
@@ -107,4 +124,23 @@ pub fn load_jwt(secret: &JwtSecret, data: &Path) -> io::Result<JwtKey> {
         crate::auth::create_secret_file(&path)?;
     }
     JwtKey::from_env_or_file(None, Some(&path))
+}
+
+/// At start: chunks of incomplete uploads whose file is missing or of the wrong size (a disk
+/// fault, a hand-edited spool) are forgotten, so that their clients send them again instead of
+/// the upload completing with a hole. Complete files are left to `chunkd verify`. Returns how
+/// many were forgotten.
+fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
+    let mut lost = Vec::new();
+    for (upload, c) in index.incomplete_chunks()? {
+        let path = spool.chunk_path(&upload, c.number, c.nonce)?;
+        let ok = std::fs::metadata(&path)
+            .is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
+        if !ok {
+            tracing::warn!(upload_id = %upload, chunk = c.number, "chunk bytes missing; it will be asked for again");
+            lost.push((upload, c.number));
+        }
+    }
+    index.forget_chunks(&lost)?;
+    Ok(lost.len())
 }

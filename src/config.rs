@@ -26,6 +26,26 @@ pub enum Command {
     /// Mints a bearer token (HS256 JWT) for the Files API and `--require-auth`, signed with the
     /// same secret the server uses, and prints it on stdout.
     Token(TokenArgs),
+    /// Checks a data directory while the server is stopped: every complete file decrypts to its
+    /// recorded length and hashes, every recorded chunk has its bytes, no bytes lack a row.
+    /// Exits 1 if it finds a problem. `--repair` fixes what is safe to fix.
+    Verify(VerifyArgs),
+}
+
+/// What `chunkd verify` checks.
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Data directory to check.
+    #[arg(long, env = "CHUNKD_DATA", default_value = "./chunkd-data")]
+    pub data: PathBuf,
+    /// Global key file. Default: `<data>/chunkd.key`.
+    #[arg(long, env = "CHUNKD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Fix what is safe to fix: remove bytes no row owns, and forget chunks of incomplete
+    /// uploads whose bytes are missing or damaged (clients send them again). Complete files are
+    /// never changed; their damage is only reported.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// The claims of a token to mint.
@@ -176,6 +196,16 @@ pub struct Limits {
     /// Largest file accepted (suffixes K, M, G, T for powers of 1000, KiB, MiB, GiB, TiB).
     #[arg(long, env = "CHUNKD_MAX_FILE_SIZE", default_value = "64GiB", value_parser = parse_size)]
     pub max_file_size: u64,
+
+    /// Most bytes the spool may hold (encrypted chunks and thumbnails); a chunk that would pass
+    /// it gets 503 with Retry-After, like a full disk. No limit by default.
+    #[arg(long, env = "CHUNKD_MAX_SPOOL_BYTES", value_parser = parse_size)]
+    pub max_spool_bytes: Option<u64>,
+
+    /// Incomplete uploads untouched for this long are removed, bytes and rows (seconds, or a
+    /// number with s, m, h or d).
+    #[arg(long, env = "CHUNKD_EXPIRE_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub expire_after: Duration,
 
     /// Largest chunk accepted. With the default cutting rule the last chunk holds up to twice
     /// the chunk size, so the default allows chunks of 100 MB and last chunks just under 200 MB.

@@ -33,6 +33,7 @@ pub mod crypto;
 pub mod download;
 pub mod error;
 pub mod geometry;
+pub mod metrics;
 pub mod previews;
 pub mod protocol;
 pub mod router;
@@ -41,6 +42,7 @@ pub mod store;
 pub mod thumbs;
 pub mod twake;
 pub mod upload;
+pub mod verify;
 
 pub use app::App;
 pub use config::{Cli, Config};

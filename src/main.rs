@@ -10,8 +10,10 @@ use chunkd::{App, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Token(args)) = cli.command {
-        return token(args);
+    match cli.command {
+        Some(Command::Token(args)) => return token(args),
+        Some(Command::Verify(args)) => return chunkd::verify::run(&args),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -138,7 +138,9 @@ fn make(app: &App, upload_id: &str) -> Result<()> {
         nonce,
         hash: xxh3_64(&thumb.png),
     };
-    if !app.index.set_thumbs(upload_id, THUMBS_DONE, Some(&row))? {
+    if app.index.set_thumbs(upload_id, THUMBS_DONE, Some(&row))? {
+        app.usage.add(sealed.len() as u64);
+    } else {
         let _ = std::fs::remove_file(&path);
     }
     Ok(())

@@ -21,7 +21,7 @@ use crate::access::{self, company_scope};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::body::{self, Body, json_response};
-use crate::crypto::FileKeys;
+use crate::crypto::{self, FileKeys};
 use crate::download;
 use crate::error::{Error, Result};
 use crate::geometry::Shape;
@@ -360,8 +360,10 @@ async fn store_classic(
     let wrapped = app.key.wrap(&keys);
     let cipher = Arc::new(app.file_cipher(&wrapped)?);
     let mut written = Vec::new();
+    let mut reserved = Vec::new();
     let mut total = 0u64;
     for number in 1.. {
+        reserved.push(app.usage.reserve(crypto::sealed_len(CLASSIC_CHUNK))?);
         let (w, more) = upload::write_chunk(
             app,
             &upload_id,
@@ -467,13 +469,11 @@ async fn delete(
     access::member(app, req.headers(), None, company)?;
     let scope = company_scope(company);
     app.blocking(move |app| {
-        let uploads = app
+        let removed = app
             .index
             .delete_file(&scope, &file_id)?
             .ok_or(Error::NotFound("file"))?;
-        for u in uploads {
-            app.spool.remove_upload(&u)?;
-        }
+        app.release(&removed)?;
         tracing::info!(%file_id, "file deleted");
         Ok(())
     })

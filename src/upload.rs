@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::geometry::Expect;
 use crate::previews;
 use crate::protocol::{ChunkParams, Params};
-use crate::store::{ChunkRow, Commit, UploadRow, index::check_same_file};
+use crate::store::{ChunkRow, Commit, Removed, UploadRow, index::check_same_file};
 
 /// Plaintext bytes sealed and written at a time: a whole number of segments, enough to keep
 /// the AES pipeline full, small enough that memory per request stays flat.
@@ -303,9 +303,13 @@ pub async fn store_chunk(
         });
     }
 
+    let started = std::time::Instant::now();
+    // Held until the commit has counted the bytes in, or the chunk failed.
+    let _reserved = app.usage.reserve(crypto::sealed_len(max))?;
     let cipher = Arc::new(app.file_cipher(&row.wrapped_keys)?);
     let number = d.number;
     let (written, _) = write_chunk(app, &row.id, cipher, number, source, max, false).await?;
+    let len = written.row.len;
     if let Some(cur) = d.current_size
         && cur != written.row.len
     {
@@ -326,23 +330,39 @@ pub async fn store_chunk(
             } = written;
             app.spool.finish_chunk(file, &upload_id)?;
             let commit = app.index.commit_chunk(&upload_id, &d, chunk)?;
-            if let Commit::Stored { replaced, .. } = &commit {
+            if let Commit::Stored {
+                replaced, freed, ..
+            } = &commit
+            {
                 guard.keep();
+                app.usage.add(crypto::sealed_len(chunk.len));
                 if let Some(old) = replaced {
                     // The replaced content's rows are gone; its bytes follow.
-                    app.spool.remove_upload(old)?;
+                    app.release(&Removed {
+                        uploads: vec![old.clone()],
+                        bytes: *freed,
+                    })?;
                 }
             }
             Ok(commit)
         })
         .await?;
+    let m = &app.metrics;
     let (received, total, complete, completed_now) = match commit {
         Commit::Stored {
             received,
             total,
             completed,
             ..
-        } => (received, total, completed, completed),
+        } => {
+            m.chunks_received.inc();
+            m.bytes_received.inc_by(len);
+            m.chunk_seconds.observe(started.elapsed().as_secs_f64());
+            if received == 1 {
+                m.uploads_started.inc();
+            }
+            (received, total, completed, completed)
+        }
         Commit::AlreadyStored {
             received,
             total,
@@ -350,6 +370,7 @@ pub async fn store_chunk(
         } => (received, total, complete, false),
     };
     if completed_now {
+        m.uploads_completed.inc();
         tracing::info!(file_id = %row.file_id, size = row.shape.total_size, "upload complete");
         previews::queue(app, row.id.clone());
     }

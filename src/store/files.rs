@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::UploadRow;
 use super::index::{ChunkRow, FileRow, Index, UPLOAD_COLS, now_ms, opt_i64, upload_from_row};
@@ -83,6 +83,25 @@ fn thumb_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<ThumbRow> {
 }
 
 const THUMB_COLS: &str = "t.idx, t.id, t.width, t.height, t.len, t.nonce, t.hash";
+
+/// Sealed bytes of one upload's chunks and thumbnails (or of all, with `NULL`), as recorded.
+const SEALED_BYTES: &str = "SELECT \
+    (SELECT COALESCE(SUM((len / 16 + 1) * 16), 0) FROM chunks WHERE ?1 IS NULL OR upload_id = ?1) + \
+    (SELECT COALESCE(SUM((len / 16 + 1) * 16), 0) FROM thumbnails WHERE ?1 IS NULL OR upload_id = ?1)";
+
+/// The spool bytes an upload holds; `None` for the whole spool.
+pub(super) fn sealed_bytes(c: &Connection, upload_id: Option<&str>) -> rusqlite::Result<u64> {
+    c.query_row(SEALED_BYTES, [upload_id], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// Uploads whose rows are gone: their spool directories are for the caller to remove.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub uploads: Vec<String>,
+    /// The spool bytes they held.
+    pub bytes: u64,
+}
 
 /// The uploads scope of a file's own uploads (Files API): their identifier is their id.
 fn file_upload_scope(file_id: &str) -> String {
@@ -324,10 +343,10 @@ impl Index {
         Ok(Some(meta))
     }
 
-    /// Deletes a file and all its uploads, chunks and thumbnails. Returns the upload ids whose
-    /// spool directories the caller must remove, or `None` if there is no such file. If chunkd
-    /// stops before removing them, the startup sweep does ([`Index::upload_ids`]).
-    pub fn delete_file(&self, scope: &str, file_id: &str) -> Result<Option<Vec<String>>> {
+    /// Deletes a file and all its uploads, chunks and thumbnails, or returns `None` if there is
+    /// no such file. If chunkd stops before the caller removes the bytes, the startup sweep does
+    /// ([`Index::upload_ids`]).
+    pub fn delete_file(&self, scope: &str, file_id: &str) -> Result<Option<Removed>> {
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let uploads: Vec<String> = {
@@ -335,6 +354,10 @@ impl Index {
             st.query_map([file_id], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
+        let mut bytes = 0;
+        for u in &uploads {
+            bytes += sealed_bytes(&tx, Some(u))?;
+        }
         let gone = tx.execute(
             "DELETE FROM files WHERE id = ?1 AND scope = ?2",
             params![file_id, scope],
@@ -343,7 +366,89 @@ impl Index {
             return Ok(None);
         }
         tx.commit()?;
-        Ok(Some(uploads))
+        Ok(Some(Removed { uploads, bytes }))
+    }
+
+    /// Removes incomplete uploads not updated since `cutoff` (epoch ms), and files that never
+    /// got bytes: a file whose only upload expired, or a Files API file created and never
+    /// written. An expired overwrite leaves its file's content alone.
+    pub fn expire(&self, cutoff: i64) -> Result<Removed> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let expired: Vec<(String, String)> = {
+            let mut st = tx.prepare(
+                "SELECT id, file_id FROM uploads WHERE completed_at IS NULL AND updated_at < ?1",
+            )?;
+            st.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut removed = Removed::default();
+        for (upload, file) in expired {
+            removed.bytes += sealed_bytes(&tx, Some(&upload))?;
+            tx.execute("DELETE FROM uploads WHERE id = ?1", [&upload])?;
+            tx.execute(
+                "UPDATE files SET pending = NULL WHERE id = ?1 AND pending = ?2",
+                params![file, upload],
+            )?;
+            removed.uploads.push(upload);
+        }
+        tx.execute(
+            "DELETE FROM files WHERE content IS NULL AND pending IS NULL AND updated_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.file_id = files.id)",
+            [cutoff],
+        )?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// The sealed bytes the index records in the spool.
+    pub fn spool_bytes(&self) -> Result<u64> {
+        Ok(sealed_bytes(&self.conn(), None)?)
+    }
+
+    /// Every chunk of an incomplete upload: (upload id, chunk), for the startup check that
+    /// their bytes are still there.
+    pub fn incomplete_chunks(&self) -> Result<Vec<(String, ChunkRow)>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT c.upload_id, c.number, c.len, c.nonce, c.hash FROM chunks c \
+             JOIN uploads u ON u.id = c.upload_id WHERE u.completed_at IS NULL",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    ChunkRow {
+                        number: r.get::<_, i64>(1)? as u64,
+                        len: r.get::<_, i64>(2)? as u64,
+                        nonce: r.get::<_, i64>(3)? as u64,
+                        hash: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Forgets chunks of incomplete uploads whose bytes are gone; their clients send them again.
+    pub fn forget_chunks(&self, chunks: &[(String, u64)]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (upload, number) in chunks {
+            let n = tx.execute(
+                "DELETE FROM chunks WHERE upload_id = ?1 AND number = ?2 AND upload_id IN \
+                 (SELECT id FROM uploads WHERE completed_at IS NULL)",
+                params![upload, *number as i64],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "UPDATE uploads SET received = received - 1 WHERE id = ?1",
+                    [upload],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every upload id: the spool directories that may exist.

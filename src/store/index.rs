@@ -136,6 +136,8 @@ pub enum Commit {
         total: Option<u64>,
         completed: bool,
         replaced: Option<String>,
+        /// Sealed bytes the replaced content held.
+        freed: u64,
     },
     /// The chunk was already stored (by a concurrent or earlier request) with these bytes.
     AlreadyStored {
@@ -430,6 +432,7 @@ impl Index {
             ],
         )?;
         let mut replaced = None;
+        let mut freed = 0;
         if completed {
             // The new content replaces the old in this same commit: a reader sees one or the
             // other, whole.
@@ -443,6 +446,7 @@ impl Index {
                 params![file_id, upload_id, now],
             )?;
             if let Some(old) = old.filter(|o| o != upload_id) {
+                freed = super::files::sealed_bytes(&tx, Some(&old))?;
                 tx.execute("DELETE FROM uploads WHERE id = ?1", [&old])?;
                 replaced = Some(old);
             }
@@ -453,6 +457,7 @@ impl Index {
             total: shape.total_chunks,
             completed,
             replaced,
+            freed,
         })
     }
 

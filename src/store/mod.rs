@@ -4,6 +4,6 @@ pub mod files;
 pub mod index;
 pub mod spool;
 
-pub use files::{FileMeta, NewFile, ThumbRow};
+pub use files::{FileMeta, NewFile, Removed, ThumbRow};
 pub use index::{ChunkRow, Commit, FileRow, Index, UploadRow};
 pub use spool::Spool;
