@@ -330,3 +330,82 @@ async fn the_sweeper_removes_abandoned_uploads_only() {
         *active.data
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_overwrite_leaves_the_content_whole() {
+    const SECRET: &str = "a test secret that is long enough for HS256 use";
+    const API: &str = "/internal/services/files/v1/companies/acme/files";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(dir.path());
+    config.auth.secret.value = Some(SECRET.into());
+    config.limits.expire_after = Duration::from_secs(1);
+    config.limits.sweep_interval = Some(Duration::from_secs(1));
+    let server = TestServer::start_with(config);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mint = |sub: &str, app: Option<&str>| {
+        chunkd::auth::JwtKey::new(SECRET.as_bytes())
+            .unwrap()
+            .mint(&chunkd::auth::Claims {
+                sub: sub.into(),
+                exp: now + 3600,
+                nbf: None,
+                iat: Some(now),
+                companies: vec!["acme".into()],
+                application_id: app.map(str::to_string),
+            })
+    };
+    let http = reqwest::Client::new();
+    let v1 = data(200_000, 7);
+    let part = reqwest::multipart::Part::bytes(v1.clone()).file_name("f.bin");
+    let resp = http
+        .post(server.url(API))
+        .bearer_auth(mint("alice", None))
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let id = body["resource"]["id"].as_str().unwrap().to_string();
+    // An application starts an overwrite, chunk 1 of 3, and leaves.
+    let v2 = data(300_000, 8);
+    let q = serde_urlencoded::to_string([
+        ("resumableChunkNumber", "1"),
+        ("resumableChunkSize", "100000"),
+        ("resumableCurrentChunkSize", "100000"),
+        ("resumableTotalSize", "300000"),
+        ("resumableIdentifier", "over"),
+        ("resumableFilename", "f.bin"),
+        ("resumableTotalChunks", "3"),
+    ])
+    .unwrap();
+    let resp = http
+        .post(server.url(&format!("{API}/{id}?{q}")))
+        .bearer_auth(mint("bot", Some("bot")))
+        .header("content-type", "application/octet-stream")
+        .body(v2[..100_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(spool_dirs(dir.path()), 2);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spool_dirs(dir.path()) != 1 {
+        assert!(Instant::now() < deadline, "the overwrite was never swept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = http
+        .get(server.url(&format!("{API}/{id}/download")))
+        .bearer_auth(mint("alice", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), v1);
+    let m = scrape(&Client::new(&server)).await;
+    assert_eq!(get(&m, "chunkd_uploads_expired_total"), 1.0);
+}

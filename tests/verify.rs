@@ -190,3 +190,76 @@ async fn refuses_a_wrong_key_a_live_server_and_a_missing_index() {
     // And it created nothing there.
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
 }
+
+const SECRET: &str = "a test secret that is long enough for HS256 use";
+
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_are_decrypted_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = chunkd::Config::for_data_dir(dir.path());
+    config.auth.secret.value = Some(SECRET.into());
+    let server = TestServer::start_with(config);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = chunkd::auth::JwtKey::new(SECRET.as_bytes())
+        .unwrap()
+        .mint(&chunkd::auth::Claims {
+            sub: "bob".into(),
+            exp: now + 3600,
+            nbf: None,
+            iat: Some(now),
+            companies: vec!["acme".into()],
+            application_id: None,
+        });
+    let part = reqwest::multipart::Part::bytes(png(300, 200))
+        .file_name("p.png")
+        .mime_str("image/png")
+        .unwrap();
+    let resp = reqwest::Client::new()
+        .post(server.url("/internal/services/files/v1/companies/acme/files?thumbnail_sync=1"))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["resource"]["metadata"]["thumbnails_status"], "done");
+    server.stop();
+
+    let o = verify(dir.path(), &[]);
+    assert_eq!(exit(&o), 0, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("1 thumbnails checked"),
+        "{}",
+        stdout(&o)
+    );
+
+    let thumb = spool_files(dir.path())
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("t0."))
+        .expect("the thumbnail's file");
+    let mut b = std::fs::read(&thumb).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x01;
+    std::fs::write(&thumb, &b).unwrap();
+    let o = verify(dir.path(), &["--repair"]);
+    assert_eq!(exit(&o), 1, "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("damaged thumbnail 0 of upload"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(std::fs::read(&thumb).unwrap(), b, "reported, not changed");
+}
