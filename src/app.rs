@@ -26,6 +26,8 @@ pub struct App {
     pub metrics: Metrics,
     /// The spool's committed size and the quota.
     pub usage: SpoolUsage,
+    /// Held while the server runs: see [`lock_data_dir`].
+    _lock: std::fs::File,
 }
 
 impl App {
@@ -39,6 +41,7 @@ impl App {
                 data.display()
             ))
         })?;
+        let lock = lock_data_dir(data)?;
         let key = GlobalKey::load_or_create(&config.storage.key_path())?;
         let index = Index::open(&data.join("index.sqlite"), config.storage.durability)
             .map_err(|e| io::Error::other(format!("cannot open the index: {e}")))?;
@@ -63,6 +66,14 @@ impl App {
         let lost = forget_lost_chunks(&index, &spool)
             .map_err(|e| io::Error::other(format!("cannot check the spool: {e}")))?;
         metrics.orphans_removed.inc_by((swept + lost) as u64);
+        if swept + lost > 0 {
+            tracing::warn!(
+                spool_dirs_removed = swept,
+                chunks_forgotten = lost,
+                "start-up check: removed spool bytes no row owns, and forgot chunks whose bytes \
+                 were lost"
+            );
+        }
         let committed = index
             .spool_bytes()
             .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
@@ -79,6 +90,7 @@ impl App {
             previews: Previews::new(),
             metrics,
             usage,
+            _lock: lock,
         }))
     }
 
@@ -103,11 +115,35 @@ impl App {
 
     /// The cipher of a file, from its wrapped keys.
     pub fn file_cipher(&self, wrapped: &[u8]) -> Result<FileCipher> {
-        let keys = self
-            .key
-            .unwrap(wrapped)
-            .ok_or_else(|| Error::Corrupt("wrapped keys of the wrong length".into()))?;
-        Ok(FileCipher::new(&self.key, &keys))
+        self.key
+            .file_cipher(wrapped)
+            .ok_or_else(|| Error::Corrupt("wrapped keys of the wrong length".into()))
+    }
+}
+
+/// Takes the data directory's lock file, `<data>/chunkd.lock` (an advisory `flock`), or fails
+/// if another process holds it: two servers on one spool would remove each other's chunks as
+/// orphans, and `chunkd verify --repair` must not run under a live server. The kernel releases
+/// the lock when the process ends, however it ends.
+pub fn lock_data_dir(data: &Path) -> io::Result<std::fs::File> {
+    let path = data.join("chunkd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io::Error::other(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::other(format!(
+            "another chunkd is using the data directory {} (it holds {})",
+            data.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io::Error::other(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -134,8 +170,8 @@ fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
     let mut lost = Vec::new();
     for (upload, c) in index.incomplete_chunks()? {
         let path = spool.chunk_path(&upload, c.number, c.nonce)?;
-        let ok = std::fs::metadata(&path)
-            .is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
+        let ok =
+            std::fs::metadata(&path).is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
         if !ok {
             tracing::warn!(upload_id = %upload, chunk = c.number, "chunk bytes missing; it will be asked for again");
             lost.push((upload, c.number));

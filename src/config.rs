@@ -207,6 +207,11 @@ pub struct Limits {
     #[arg(long, env = "CHUNKD_EXPIRE_AFTER", default_value = "24h", value_parser = parse_duration)]
     pub expire_after: Duration,
 
+    /// How often abandoned uploads are looked for (seconds, or a number with s, m, h or d).
+    /// Default: a quarter of `--expire-after`, at most 10 minutes.
+    #[arg(long, env = "CHUNKD_SWEEP_INTERVAL", value_parser = parse_duration)]
+    pub sweep_interval: Option<Duration>,
+
     /// Largest chunk accepted. With the default cutting rule the last chunk holds up to twice
     /// the chunk size, so the default allows chunks of 100 MB and last chunks just under 200 MB.
     #[arg(long, env = "CHUNKD_MAX_CHUNK_SIZE", default_value = "256MiB", value_parser = parse_size)]
@@ -246,6 +251,7 @@ fn parse_upload_path(s: &str) -> Result<String, String> {
         && s != "/files"
         && !s.starts_with("/files/")
         && !s.starts_with("/internal/")
+        && !crate::ops::PATHS.contains(&s)
         && !s.contains("//")
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
@@ -254,7 +260,7 @@ fn parse_upload_path(s: &str) -> Result<String, String> {
     } else {
         Err(
             "must look like /upload: start with /, not end with /, not be / or under /files or \
-             /internal, \
+             /internal, not be /healthz, /readyz or /metrics, \
              and use only letters, digits and - _ . ~"
                 .into(),
         )
@@ -345,6 +351,8 @@ mod tests {
             "/a//b",
             "/a?b",
             "/internal/x",
+            "/metrics",
+            "/healthz",
         ] {
             assert!(parse_upload_path(bad).is_err(), "{bad}");
         }

@@ -21,10 +21,10 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::access;
 use crate::app::App;
 use crate::body::{self, Body, BoxError};
-use crate::crypto::{self, BLOCK, SEGMENT};
+use crate::crypto::{self, BLOCK, FileCipher, SEGMENT};
 use crate::error::{Error, Result};
 use crate::protocol::Params;
-use crate::store::FileRow;
+use crate::store::{ChunkRow, FileRow, Spool};
 
 /// Bytes decrypted at a time (whole segments).
 const BATCH: usize = 8 * SEGMENT;
@@ -295,10 +295,9 @@ pub fn read_all(app: &App, file: &FileRow) -> Result<Vec<u8>> {
 /// Decrypts and hands bytes `start..end` to `send`, chunk by chunk. Stops quietly when `send`
 /// returns false (the client left).
 ///
-/// Every chunk the range touches is read and hashed whole, even for a one-byte range, and the
-/// last piece sent from a chunk is held back until the chunk has passed its checks: a range of a
-/// damaged chunk fails like a full read does. The price is decrypting whole chunks for a small
-/// range (fast: CBC decryption runs in parallel); memory stays at one batch.
+/// Every chunk the range touches is read and hashed whole, even for a one-byte range (see
+/// [`read_chunk`]). The price is decrypting whole chunks for a small range (fast: CBC
+/// decryption runs in parallel); memory stays at one batch.
 fn read_range(
     app: &App,
     file: &FileRow,
@@ -314,62 +313,86 @@ fn read_range(
         if a >= b {
             continue;
         }
-        // The wanted bytes, relative to the chunk.
-        let (a, b) = (a - base, b - base);
-        let sealed = crypto::sealed_len(c.len);
-        let path = app.spool.chunk_path(&file.upload_id, c.number, c.nonce)?;
-        let corrupt = |what: String| Error::Corrupt(format!("{}: {what}", path.display()));
-        let mut f = File::open(&path).map_err(|e| corrupt(e.to_string()))?;
-        let mut hasher = Xxh3::new();
-        let mut held: Option<Bytes> = None;
-        let mut pos = 0u64;
-        while pos < sealed {
-            let n = (BATCH as u64).min(sealed - pos) as usize;
-            // Each batch is read into a buffer of its own, decrypted in place and sent as a
-            // slice of it: no copy between the disk and the socket.
-            let mut buf = Vec::with_capacity(n);
-            (&mut f)
-                .take(n as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| corrupt(e.to_string()))?;
-            if buf.len() != n {
-                return Err(corrupt(format!("ends {} bytes early", n - buf.len())));
-            }
-            cipher.open_segments(
-                c.nonce,
-                c.number as u32,
-                (pos / SEGMENT as u64) as u32,
-                &mut buf,
-            );
-            let plain_end = (pos + n as u64).min(c.len);
-            hasher.update(&buf[..(plain_end - pos) as usize]);
-            if pos + n as u64 == sealed {
-                check_padding(&buf, c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
-            }
-            let (from, to) = (a.max(pos), b.min(plain_end));
-            if to > from {
-                let piece = Bytes::from(buf).slice((from - pos) as usize..(to - pos) as usize);
-                if let Some(prev) = held.replace(piece)
-                    && !send(prev)
-                {
-                    return Ok(());
-                }
-            }
-            pos += n as u64;
-        }
-        if hasher.digest() != c.hash {
-            return Err(corrupt(format!(
-                "chunk {} of file {} fails its hash",
-                c.number, file.id
-            )));
-        }
-        if let Some(last) = held
-            && !send(last)
-        {
+        if !read_chunk(
+            &app.spool,
+            &cipher,
+            &file.upload_id,
+            c,
+            a - base,
+            b - base,
+            &mut send,
+        )? {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// Decrypts chunk `c` of upload `upload_id` whole, checks its length, padding and hash, and
+/// hands its plaintext bytes `a..b` (offsets in the chunk) to `send`. Returns false if `send`
+/// did (the reader left). Downloads, previews and `chunkd verify` all read chunks through this.
+///
+/// The last piece sent from the chunk is held back until the chunk has passed its checks: a
+/// range of a damaged chunk fails like a full read does.
+pub fn read_chunk(
+    spool: &Spool,
+    cipher: &FileCipher,
+    upload_id: &str,
+    c: &ChunkRow,
+    a: u64,
+    b: u64,
+    send: &mut impl FnMut(Bytes) -> bool,
+) -> Result<bool> {
+    let sealed = crypto::sealed_len(c.len);
+    let path = spool.chunk_path(upload_id, c.number, c.nonce)?;
+    let corrupt = |what: String| Error::Corrupt(format!("{}: {what}", path.display()));
+    let mut f = File::open(&path).map_err(|e| corrupt(e.to_string()))?;
+    let mut hasher = Xxh3::new();
+    let mut held: Option<Bytes> = None;
+    let mut pos = 0u64;
+    while pos < sealed {
+        let n = (BATCH as u64).min(sealed - pos) as usize;
+        // Each batch is read into a buffer of its own, decrypted in place and sent as a slice
+        // of it: no copy between the disk and the socket.
+        let mut buf = Vec::with_capacity(n);
+        (&mut f)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if buf.len() != n {
+            return Err(corrupt(format!("ends {} bytes early", n - buf.len())));
+        }
+        cipher.open_segments(
+            c.nonce,
+            c.number as u32,
+            (pos / SEGMENT as u64) as u32,
+            &mut buf,
+        );
+        let plain_end = (pos + n as u64).min(c.len);
+        hasher.update(&buf[..(plain_end - pos) as usize]);
+        if pos + n as u64 == sealed {
+            check_padding(&buf, c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
+        }
+        let (from, to) = (a.max(pos), b.min(plain_end));
+        if to > from {
+            let piece = Bytes::from(buf).slice((from - pos) as usize..(to - pos) as usize);
+            if let Some(prev) = held.replace(piece)
+                && !send(prev)
+            {
+                return Ok(false);
+            }
+        }
+        pos += n as u64;
+    }
+    // Bytes past the recorded length are damage too.
+    let mut extra = [0u8; 1];
+    if f.read(&mut extra).map_err(|e| corrupt(e.to_string()))? != 0 {
+        return Err(corrupt("longer than recorded".into()));
+    }
+    if hasher.digest() != c.hash {
+        return Err(corrupt(format!("chunk {} fails its hash", c.number)));
+    }
+    Ok(held.is_none_or(|last| send(last)))
 }
 
 /// Checks the PKCS#7 padding after the chunk's last plaintext byte (`plain` bytes into `buf`).

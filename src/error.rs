@@ -69,6 +69,10 @@ pub enum Error {
     /// The index is locked by another writer for too long. Retrying later can succeed.
     #[error("the index is busy; retry later")]
     Busy,
+    /// `/readyz`: the index does not answer or the spool is not writable. Retrying later (or
+    /// on another instance) can succeed.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// The server is shutting down. Retrying (against the restarted server) can succeed.
     #[error("the server is shutting down; retry later")]
     ShuttingDown,
@@ -102,7 +106,7 @@ impl Error {
             NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            DiskFull | Busy | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            DiskFull | Busy | NotReady(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Corrupt(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +132,7 @@ impl Error {
             RangeNotSatisfiable(_) => "range_not_satisfiable",
             DiskFull => "disk_full",
             Busy => "busy",
+            NotReady(_) => "not_ready",
             ShuttingDown => "shutting_down",
             Corrupt(_) => "corrupt",
             Internal(_) => "internal",
@@ -153,7 +158,7 @@ impl Error {
             Error::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
             }
-            Error::DiskFull | Error::Busy | Error::ShuttingDown => {
+            Error::DiskFull | Error::Busy | Error::NotReady(_) | Error::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             }
             Error::Unauthorized(_) => {

@@ -20,6 +20,8 @@
 //!   * [`previews`]: thumbnails made after completion; [`thumbs`]: the decoding itself.
 //! * [`error`]: the one error enum, and the one place errors become responses.
 //! * [`body`]: the one response body type.
+//! * [`ops`]: `/healthz`, `/readyz` and `/metrics` ([`metrics`]); [`expiry`]: the sweeper of
+//!   abandoned uploads; [`verify`]: the offline check of a data directory.
 //! * [`config`] and [`app`]: flags, and the state they open.
 
 #![forbid(unsafe_code)]
@@ -32,8 +34,10 @@ pub mod config;
 pub mod crypto;
 pub mod download;
 pub mod error;
+pub mod expiry;
 pub mod geometry;
 pub mod metrics;
+pub mod ops;
 pub mod previews;
 pub mod protocol;
 pub mod router;

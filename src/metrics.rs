@@ -30,8 +30,8 @@ pub struct Metrics {
     pub uploads_completed: Counter,
     pub uploads_expired: Counter,
     pub orphans_removed: Counter,
-    pub responses: Family<StatusLabel, Counter>,
-    pub in_flight: Gauge,
+    responses: Family<StatusLabel, Counter>,
+    in_flight: Gauge,
     spool_bytes: Gauge,
     pub chunk_seconds: Histogram,
 }
@@ -60,7 +60,11 @@ impl Metrics {
             "Plaintext bytes of chunks stored",
             m.bytes_received.clone(),
         );
-        r.register("received_chunks", "Chunks stored", m.chunks_received.clone());
+        r.register(
+            "received_chunks",
+            "Chunks stored",
+            m.chunks_received.clone(),
+        );
         r.register(
             "uploads_started",
             "Uploads that stored their first chunk",
@@ -82,10 +86,14 @@ impl Metrics {
              removed at start",
             m.orphans_removed.clone(),
         );
-        r.register("responses", "Responses sent, by status", m.responses.clone());
+        r.register(
+            "responses",
+            "Responses sent, by status",
+            m.responses.clone(),
+        );
         r.register(
             "requests_in_flight",
-            "Requests being handled",
+            "Requests whose handler is running (a download's body may stream after it returns)",
             m.in_flight.clone(),
         );
         r.register(
@@ -101,13 +109,33 @@ impl Metrics {
         m
     }
 
-    /// The text exposition format.
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Counts one response under its status.
+    pub fn count_response(&self, status: u16) {
+        self.responses.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// The text exposition format (OpenMetrics), with the spool's size as of now.
     pub fn encode(&self, usage: &SpoolUsage) -> String {
         self.spool_bytes.set(usage.committed() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// A request in flight; dropping it counts it out.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

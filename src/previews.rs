@@ -16,11 +16,11 @@ use tokio::sync::{Semaphore, watch};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::app::App;
-use crate::crypto;
+use crate::crypto::{self, FileCipher};
 use crate::download;
 use crate::error::{Error, Result};
-use crate::store::ThumbRow;
 use crate::store::files::{THUMBS_DONE, THUMBS_ERROR, THUMBS_WAITING};
+use crate::store::{Spool, ThumbRow};
 use crate::thumbs;
 use crate::upload::new_id;
 
@@ -151,18 +151,28 @@ pub fn read(app: &App, scope: &str, file_id: &str, idx: u32) -> Result<Option<(S
     let Some((upload_id, wrapped, row)) = app.index.thumbnail(scope, file_id, idx)? else {
         return Ok(None);
     };
-    let path = app.spool.thumb_path(&upload_id, idx, row.nonce)?;
+    let png = open_thumb(&app.spool, &app.file_cipher(&wrapped)?, &upload_id, &row)?;
+    Ok(Some((row.id, png)))
+}
+
+/// Reads a stored thumbnail and checks its length, padding and hash (also for `chunkd verify`).
+pub fn open_thumb(
+    spool: &Spool,
+    cipher: &FileCipher,
+    upload_id: &str,
+    row: &ThumbRow,
+) -> Result<Vec<u8>> {
+    let path = spool.thumb_path(upload_id, row.idx, row.nonce)?;
     let corrupt = |what: &str| Error::Corrupt(format!("{}: {what}", path.display()));
     let mut buf = std::fs::read(&path).map_err(|e| corrupt(&e.to_string()))?;
     if buf.len() as u64 != crypto::sealed_len(row.len) {
         return Err(corrupt("wrong length"));
     }
-    app.file_cipher(&wrapped)?
-        .open_segments(row.nonce, thumb_tag(idx), 0, &mut buf);
+    cipher.open_segments(row.nonce, thumb_tag(row.idx), 0, &mut buf);
     download::check_padding(&buf, row.len).map_err(|_| corrupt("bad padding"))?;
     buf.truncate(row.len as usize);
     if xxh3_64(&buf) != row.hash {
         return Err(corrupt("fails its hash"));
     }
-    Ok(Some((row.id, buf)))
+    Ok(buf)
 }

@@ -9,17 +9,69 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::{Error, Result};
-use crate::{download, twake, upload};
+use crate::{download, ops, twake, upload};
 
 /// The service function: every request gets a response, errors included, with CORS headers.
+///
+/// This is the one place responses leave: each request runs in a `request` span carrying a short
+/// random id, its method and its path (never the query string, which may carry `token=` or
+/// `sig=`), is counted in flight while its handler runs, and its status is counted and logged
+/// on the way out. The id goes back in `X-Request-Id`, so that a client's report finds the log
+/// lines.
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Body>, Infallible> {
+    let id = request_id();
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %req.method(),
+        path = %loggable_path(req.uri().path()),
+    );
+    let started = std::time::Instant::now();
+    let mut resp = {
+        // Dropped however the handler ends, even when the client leaves and the future with it.
+        let _in_flight = app.metrics.in_flight();
+        respond(&app, req).instrument(span.clone()).await
+    };
+    let status = resp.status();
+    app.metrics.count_response(status.as_u16());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "response"
+        )
+    });
+    resp.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(&id).expect("hex digits"),
+    );
+    Ok(resp)
+}
+
+/// A short random request id: 48 bits as 12 hex digits, enough to tell a day's requests apart.
+fn request_id() -> String {
+    format!("{:012x}", crate::crypto::random_u64() >> 16)
+}
+
+/// The path as logged: at most 200 bytes of it (it comes from the client).
+fn loggable_path(path: &str) -> &str {
+    let mut end = path.len().min(200);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
+/// Routes one request and turns an error into its response, with CORS headers.
+async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
@@ -29,7 +81,7 @@ pub async fn handle(
     let mut resp = if req.method() == Method::OPTIONS {
         app.cors.preflight(origin.as_ref(), req.headers())
     } else {
-        route(&app, req).await.unwrap_or_else(|e| {
+        route(app, req).await.unwrap_or_else(|e| {
             let mut resp = e.into_response();
             // The handler may have answered before reading the whole body; the connection
             // cannot carry another request then, and the client must know not to reuse it.
@@ -41,13 +93,16 @@ pub async fn handle(
         })
     };
     app.cors.decorate(origin.as_ref(), resp.headers_mut());
-    Ok(resp)
+    resp
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let path = req.uri().path().to_string();
     let upload_path = app.config.net.upload_path.as_str();
     let method = req.method().clone();
+    if ops::PATHS.contains(&path.as_str()) {
+        return ops::handle(app, &method, &path).await;
+    }
     if path == upload_path {
         return match method {
             Method::GET | Method::HEAD => upload::probe(app, req).await,

@@ -1,5 +1,5 @@
 //! The accept loop: a connection limit, HTTP/1.1 with a header-read timeout, and a graceful
-//! shutdown that gives requests in flight a deadline.
+//! shutdown that gives requests in flight a deadline. The expiry sweeper runs beside it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +22,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     if let Err(e) = crate::previews::resume(&app) {
         tracing::warn!(error = %e, "cannot queue the previews left from the last run");
     }
+    // The expiry sweeper lives as long as the accept loop.
+    let (stop_sweeper, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(crate::expiry::run(Arc::clone(&app), stopped));
     let limit = Arc::new(Semaphore::new(app.config.net.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
@@ -60,6 +63,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         });
     }
     drop(listener);
+    let _ = stop_sweeper.send(true);
     let grace = app.config.net.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -70,4 +74,6 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             "requests still running at the shutdown deadline were cut off"
         );
     }
+    // A sweep in progress finishes its removal.
+    let _ = sweeper.await;
 }

@@ -410,9 +410,16 @@ async fn store_classic(
         app.index
             .insert_complete(&file, &id, &wrapped, shape, &rows)?;
         guards.iter_mut().for_each(|g| g.keep());
+        let sealed: u64 = rows.iter().map(|r| crypto::sealed_len(r.len)).sum();
+        app.usage.add(sealed);
         Ok(())
     })
     .await?;
+    let m = &app.metrics;
+    m.chunks_received.inc_by(shape.total_chunks.unwrap_or(0));
+    m.bytes_received.inc_by(total);
+    m.uploads_started.inc();
+    m.uploads_completed.inc();
     tracing::info!(%file_id, size = total, "upload complete");
     Ok((file_id, upload_id))
 }

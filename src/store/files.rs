@@ -461,6 +461,18 @@ impl Index {
         Ok(ids)
     }
 
+    /// Every stored thumbnail, with its upload's id (for `chunkd verify`).
+    pub fn all_thumbnails(&self) -> Result<Vec<(String, ThumbRow)>> {
+        let c = self.conn();
+        let mut st = c.prepare(&format!(
+            "SELECT t.upload_id, {THUMB_COLS} FROM thumbnails t ORDER BY t.upload_id, t.idx"
+        ))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, thumb_at(r, 1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// Complete uploads whose previews were never made (new, or interrupted by a stop).
     pub fn thumbs_waiting(&self) -> Result<Vec<String>> {
         let c = self.conn();

@@ -245,6 +245,16 @@ impl Index {
         Ok(stored == check)
     }
 
+    /// One trivial read, for `/readyz`: the index file is there and SQLite answers.
+    pub fn ping(&self) -> Result<()> {
+        self.conn().query_row(
+            "SELECT value FROM meta WHERE key = 'format'",
+            [],
+            |_| Ok(()),
+        )?;
+        Ok(())
+    }
+
     /// The upload under `identifier` in `scope`, if any.
     pub fn find(&self, scope: &str, identifier: &str) -> Result<Option<UploadRow>> {
         let c = self.conn();
@@ -491,14 +501,33 @@ impl Index {
         let Some(mut file) = head else {
             return Ok(None);
         };
-        let mut st = c.prepare_cached(
-            "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 ORDER BY number",
-        )?;
-        file.chunks = st
-            .query_map([&file.upload_id], chunk_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        file.chunks = chunks_of(&c, &file.upload_id)?;
         Ok(Some(file))
     }
+
+    /// Every committed chunk of an upload, in order.
+    pub fn chunks(&self, upload_id: &str) -> Result<Vec<ChunkRow>> {
+        Ok(chunks_of(&self.conn(), upload_id)?)
+    }
+
+    /// Every upload, complete or not (for `chunkd verify`).
+    pub fn all_uploads(&self) -> Result<Vec<UploadRow>> {
+        let c = self.conn();
+        let mut st = c.prepare(&format!(
+            "SELECT {UPLOAD_COLS} FROM uploads u JOIN files f ON f.id = u.file_id ORDER BY u.id"
+        ))?;
+        let rows = st
+            .query_map([], upload_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+fn chunks_of(c: &Connection, upload_id: &str) -> rusqlite::Result<Vec<ChunkRow>> {
+    let mut st = c.prepare_cached(
+        "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 ORDER BY number",
+    )?;
+    st.query_map([upload_id], chunk_from_row)?.collect()
 }
 
 fn chunk_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {

@@ -36,6 +36,11 @@ impl Spool {
         Ok(Spool { root, durability })
     }
 
+    /// The spool directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if self.durability == Durability::Safe {
             File::open(dir)?.sync_all()?;
@@ -115,6 +120,20 @@ impl Spool {
             }
         }
         Ok(removed)
+    }
+
+    /// Creates and removes an empty file in the spool, for `/readyz`: fails if the spool is gone,
+    /// not a directory, read-only or out of inodes. Its name is no upload id, so a sweep leaves
+    /// a probe file alone.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        let path = self
+            .root
+            .join(format!(".ready-{:016x}", crate::crypto::random_u64()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        fs::remove_file(&path)
     }
 
     /// Makes a written chunk file durable, as the durability setting demands: its data, and its
