@@ -68,15 +68,24 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
     if let Some(rest) = path.strip_prefix(twake::PREFIX) {
         return twake::handle(app, req, rest).await;
     }
-    if let Some(id) = path.strip_prefix("/files/") {
-        if id.is_empty() || id.contains('/') {
-            return Err(Error::NotFound("file"));
-        }
-        return match method {
-            Method::GET | Method::HEAD => download::download(app, req, id.to_string()).await,
-            _ => Err(Error::MethodNotAllowed {
+    if let Some(rest) = path.strip_prefix("/files/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (id, thumb) = match parts.as_slice() {
+            [id] if !id.is_empty() => (id.to_string(), None),
+            [id, "thumbnails", idx] if !id.is_empty() => {
+                let idx: u32 = idx.parse().map_err(|_| Error::NotFound("thumbnail"))?;
+                (id.to_string(), Some(idx))
+            }
+            _ => return Err(Error::NotFound("file")),
+        };
+        if !matches!(method, Method::GET | Method::HEAD) {
+            return Err(Error::MethodNotAllowed {
                 allow: "GET, HEAD, OPTIONS",
-            }),
+            });
+        }
+        return match thumb {
+            None => download::download(app, req, id).await,
+            Some(idx) => download::thumbnail(app, req, id, idx).await,
         };
     }
     match method {
