@@ -1,6 +1,7 @@
 // The chunkd demo page: uploads through the real Resumable.js 1.1.0 or Flow.js 2.14.1 (served
 // from static/node_modules), with per-file progress, speed, time left, pause, resume, cancel, a
-// count of the chunks the server already had, and the finished files with their download links.
+// count of the chunks the server already had, and the finished files with their download links
+// and, for images, their thumbnails.
 //
 // Settings come from the form, remembered in localStorage. Query parameters override them, which
 // the browser tests use: ?lib=resumable|flow, method=multipart|octet, chunkSize=<bytes>,
@@ -570,7 +571,7 @@
       return;
     }
     row.ctl.forget();
-    finish(row, reply.download_url || `/files/${reply.file_id}`);
+    finish(row, reply);
   }
 
   async function statusOf(identifier) {
@@ -588,8 +589,11 @@
     return null;
   }
 
-  function finish(row, url) {
-    const href = new URL(url, new URL(target, location.href)).href;
+  // Links in chunkd's replies are relative to chunkd, which may be on another origin.
+  const fromServer = (url) => new URL(url, new URL(target, location.href)).href;
+
+  function finish(row, reply) {
+    const href = fromServer(reply.download_url || `/files/${reply.file_id}`);
     const li = byId('done-row').content.firstElementChild.cloneNode(true);
     li.querySelector('.file-icon').textContent = extension(row.name);
     const name = li.querySelector('.file-name');
@@ -614,6 +618,55 @@
     removeRow(row);
     stats.finished++;
     renderStats();
+    showPreview(li, row.identifier, reply);
+  }
+
+  // chunkd makes an image's thumbnail just after the upload completes. Ask the status call a few
+  // times, soon and then less often, while it says `waiting`; then show thumbnail 0 in place of the
+  // badge. A file that is not an image, or whose preview failed, keeps its badge.
+  const PREVIEW_DELAYS = [150, 250, 400, 700, 1000, 1500, 2500, 4000, 6000];
+
+  async function showPreview(li, identifier, reply) {
+    li.dataset.preview = 'waiting';
+    const badge = li.querySelector('.file-icon');
+    let st = reply.thumbnails_status ? reply : null;
+    for (const delay of PREVIEW_DELAYS) {
+      if (st && st.thumbnails_status !== 'waiting') break;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      if (!li.isConnected) return;
+      st = await statusOf(identifier);
+    }
+    const thumb = st && st.thumbnails_status === 'done' && Array.isArray(st.thumbnails) ? st.thumbnails[0] : null;
+    if (!thumb) {
+      // `done` without a thumbnail: not an image. `error`: an image chunkd could not read.
+      // Still `waiting`, or no answer: say nothing, the badge stays.
+      const state = st ? st.thumbnails_status : null;
+      li.dataset.preview = state === 'done' ? 'none' : 'error';
+      if (state === 'error') noPreview(li);
+      return;
+    }
+    const img = new Image(thumb.width, thumb.height);
+    img.className = 'file-thumb';
+    img.alt = '';
+    img.src = fromServer(thumb.url);
+    try {
+      await img.decode();
+    } catch {
+      li.dataset.preview = 'error';
+      noPreview(li);
+      return;
+    }
+    badge.replaceChildren(img);
+    badge.classList.add('has-thumb');
+    li.dataset.preview = 'done';
+  }
+
+  function noPreview(li) {
+    const note = document.createElement('span');
+    note.className = 'file-note';
+    note.textContent = 'No preview';
+    note.title = 'chunkd could not read this image to make a preview. The file itself is intact.';
+    li.querySelector('.file-meta').append(note);
   }
 
   // ---------------------------------------------------------------- notices
