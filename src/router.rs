@@ -209,14 +209,25 @@ impl Cors {
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static(MAX_AGE),
             );
+            // The answer echoes what was asked: a cache must not reuse it for other questions.
+            h.append(
+                header::VARY,
+                HeaderValue::from_static(
+                    "Access-Control-Request-Headers, Access-Control-Request-Method",
+                ),
+            );
         }
         resp
     }
 
     /// Adds the CORS headers a response to an allowed origin needs.
     pub fn decorate(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
+        // Once any origin may be allowed, every answer depends on the Origin header, even one
+        // to a request without it: a cache must not hand that one to a page on another origin.
+        if self.any || !self.listed.is_empty() {
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         let Some(origin) = origin else { return };
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(credentials) = self.allows(origin) else {
             return;
         };
@@ -236,5 +247,139 @@ impl Cors {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSE),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(o: &'static str) -> HeaderValue {
+        HeaderValue::from_static(o)
+    }
+
+    fn decorated(cors: &Cors, o: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        cors.decorate(o.map(origin).as_ref(), &mut h);
+        h
+    }
+
+    fn asked(headers: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_static(headers),
+        );
+        h
+    }
+
+    #[test]
+    fn listed_origins_get_credentials_whatever_their_case() {
+        let cors = Cors::new(&["https://App.example/".into(), " http://b.example ".into()]);
+        for o in ["https://app.example", "http://b.example"] {
+            let h = decorated(&cors, Some(o));
+            assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], o);
+            assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+            assert!(
+                h[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+                    .to_str()
+                    .unwrap()
+                    .contains("Content-Disposition")
+            );
+            assert_eq!(h[header::VARY], "Origin");
+        }
+        let h = decorated(&cors, Some("https://evil.example"));
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        // Without an Origin: nothing to allow, but the answer still varies by it.
+        let h = decorated(&cors, None);
+        assert_eq!(h[header::VARY], "Origin");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    }
+
+    #[test]
+    fn any_origin_never_gets_credentials() {
+        let cors = Cors::new(&["*".into()]);
+        let h = decorated(&cors, Some("https://anyone.example"));
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        // A listed origin beside `*` keeps its credentials; the rest get `*` without.
+        let cors = Cors::new(&["*".into(), "https://app.example".into()]);
+        let h = decorated(&cors, Some("https://app.example"));
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        let h = decorated(&cors, Some("https://other.example"));
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+    }
+
+    #[test]
+    fn no_origins_configured_means_same_origin_only() {
+        let cors = Cors::new(&[]);
+        let h = decorated(&cors, Some("https://app.example"));
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(decorated(&cors, None).is_empty());
+        let pre = cors.preflight(Some(&origin("https://app.example")), &asked("content-type"));
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+        );
+    }
+
+    #[test]
+    fn preflight_echoes_the_asked_headers_with_max_age() {
+        let cors = Cors::new(&["https://app.example".into()]);
+        let o = origin("https://app.example");
+        let pre = cors.preflight(
+            Some(&o),
+            &asked("authorization, content-type, x-custom-header"),
+        );
+        assert_eq!(pre.status(), StatusCode::NO_CONTENT);
+        let h = pre.headers();
+        for m in ["GET", "POST", "PUT", "DELETE"] {
+            assert!(
+                h[header::ACCESS_CONTROL_ALLOW_METHODS]
+                    .to_str()
+                    .unwrap()
+                    .contains(m)
+            );
+        }
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "authorization, content-type, x-custom-header"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], MAX_AGE);
+        assert!(h.get_all(header::VARY).iter().any(|v| {
+            v.to_str()
+                .unwrap()
+                .contains("Access-Control-Request-Headers")
+        }));
+        // A header list that is not a plain list of names is not echoed.
+        let pre = cors.preflight(Some(&o), &asked("x-a; y=\"b\""));
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_HEADERS)
+        );
+        // An origin that is not listed learns nothing.
+        let pre = cors.preflight(
+            Some(&origin("https://evil.example")),
+            &asked("content-type"),
+        );
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+        );
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_HEADERS)
+        );
+        assert!(!pre.headers().contains_key(header::ACCESS_CONTROL_MAX_AGE));
     }
 }

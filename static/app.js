@@ -375,14 +375,39 @@
     for (const [cls, verb] of [['.act-pause', 'Pause'], ['.act-resume', 'Resume'], ['.act-retry', 'Retry'], ['.act-cancel', 'Cancel']]) {
       li.querySelector(cls).setAttribute('aria-label', `${verb} ${path}`);
     }
-    li.querySelector('.act-pause').addEventListener('click', () => pauseRow(row));
-    li.querySelector('.act-resume').addEventListener('click', () => resumeRow(row));
-    li.querySelector('.act-retry').addEventListener('click', () => retryRow(row));
-    li.querySelector('.act-cancel').addEventListener('click', () => cancelRow(row));
+    // Each action hides its own button: focus moves to the one that undoes it, so a keyboard
+    // user is never dropped back at the top of the page.
+    const act = (cls, action, next) =>
+      li.querySelector(cls).addEventListener('click', () => {
+        action(row);
+        if (next) refocus(li.querySelector(next));
+      });
+    act('.act-pause', pauseRow, '.act-resume');
+    act('.act-resume', resumeRow, '.act-pause');
+    act('.act-retry', retryRow, '.act-pause');
+    li.querySelector('.act-cancel').addEventListener('click', () => {
+      const next = neighbourButton(li);
+      cancelRow(row);
+      refocus(next);
+    });
     rows.set(libFile, row);
     rowsByIdentifier.set(identifier, row);
     queue.append(li);
     setState(row, 'uploading');
+  }
+
+  // Moves the focus to `el` if the element that had it is gone (hidden, disabled or removed).
+  function refocus(el) {
+    const lost = !document.activeElement || document.activeElement === document.body ||
+      document.activeElement.hidden || document.activeElement.disabled || !document.activeElement.isConnected;
+    if (lost && el && !el.hidden && !el.disabled) el.focus();
+  }
+
+  // Where the focus goes when a row of the queue goes away: the next row, the previous one, or
+  // the file picker.
+  function neighbourButton(li) {
+    const other = li.nextElementSibling || li.previousElementSibling;
+    return (other && other.querySelector('.file-actions button:not([hidden])')) || byId('pick-files-button');
   }
 
   function setState(row, state) {
@@ -445,6 +470,7 @@
         status = 'Waiting';
     }
     li.querySelector('.file-status').textContent = status;
+    bar.setAttribute('aria-valuetext', status);
     const skipped = li.querySelector('.file-skipped');
     skipped.hidden = row.skipped === 0;
     skipped.textContent = `${plural(row.skipped, 'chunk', 'chunks')} already on the server`;
@@ -734,8 +760,14 @@
     window.addEventListener('dragover', (e) => e.preventDefault());
     window.addEventListener('drop', (e) => e.preventDefault());
 
-    byId('pause-all').addEventListener('click', () => [...rows.values()].forEach(pauseRow));
-    byId('resume-all').addEventListener('click', () => [...rows.values()].forEach(resumeRow));
+    byId('pause-all').addEventListener('click', () => {
+      [...rows.values()].forEach(pauseRow);
+      refocus(byId('resume-all'));
+    });
+    byId('resume-all').addEventListener('click', () => {
+      [...rows.values()].forEach(resumeRow);
+      refocus(byId('pause-all'));
+    });
     byId('cancel-all').addEventListener('click', () => {
       const active = [...rows.values()].filter((r) => r.state !== 'done');
       active.forEach((r) => {
@@ -743,6 +775,7 @@
         removeRow(r);
       });
       if (active.length) notify(`Cancelled ${plural(active.length, 'upload', 'uploads')}.`);
+      refocus(byId('pick-files-button'));
     });
   }
 

@@ -132,8 +132,13 @@ test('pause then resume', async () => {
   await h.pick(page, [file]);
   const row = page.locator('#queue li').first();
   await h.waitFor(async () => (await stats(page)).sent >= 3, { what: '3 chunks sent' });
-  await row.getByRole('button', { name: /^Pause / }).click();
+  // By keyboard: Enter on Pause, and the focus lands on Resume, which replaces it.
+  const focused = () => page.evaluate(() => document.activeElement.getAttribute('aria-label'));
+  await row.getByRole('button', { name: /^Pause / }).focus();
+  await page.keyboard.press('Enter');
   assert.equal(await row.getAttribute('data-state'), 'paused');
+  assert.equal(await focused(), `Resume ${file.name}`, 'the focus moves to Resume');
+  assert.match(await row.locator('.bar').getAttribute('aria-valuetext'), /^Paused at \d+%$/);
   await h.sleep(300); // requests already aborted may still land
   const postsAtPause = requests.post;
   const sentAtPause = (await stats(page)).sent;
@@ -144,7 +149,9 @@ test('pause then resume', async () => {
   assert.ok(sentAtPause < h.chunkCount(file.buffer.length, CHUNK), 'paused before the end');
 
   slow.ms = 0;
-  await row.getByRole('button', { name: /^Resume / }).click();
+  await page.keyboard.press('Enter');
+  assert.equal(await row.getAttribute('data-state'), 'uploading');
+  assert.equal(await focused(), `Pause ${file.name}`, 'and back to Pause');
   await waitFinished(page, 1);
   await h.checkDownloads(assert, page, [file]);
   await page.close();
