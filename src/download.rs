@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::body::{self, Body, BoxError};
 use crate::crypto::{self, BLOCK, FileCipher, SEGMENT};
 use crate::error::{Error, Result};
+use crate::previews;
 use crate::protocol::Params;
 use crate::store::{ChunkRow, FileRow, Spool};
 
@@ -38,18 +39,35 @@ pub async fn download(
     req: Request<Incoming>,
     file_id: String,
 ) -> Result<Response<Body>> {
-    let query = Params::from_query(req.uri().query())?;
-    let scope = if app.config.auth.require_auth && query.get(&["sig"])?.is_none() {
-        access::core_scope(app, req.headers(), Some(&query))?
-    } else if app.config.auth.require_auth {
-        // A signed link names its scope: the signature was made for (scope, file) only.
-        let scope = query.get(&["scope"])?.unwrap_or_default().to_string();
-        access::signed(app, &query, &scope, &file_id)?;
-        scope
-    } else {
-        access::ANONYMOUS.to_string()
-    };
+    let scope = readable_scope(app, &req, &file_id)?;
     serve_file(app, req, scope, file_id).await
+}
+
+/// `GET` or `HEAD /files/{id}/thumbnails/{index}`: the same rules as the download.
+pub async fn thumbnail(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    file_id: String,
+    idx: u32,
+) -> Result<Response<Body>> {
+    let scope = readable_scope(app, &req, &file_id)?;
+    serve_thumbnail(app, req, scope, file_id, idx).await
+}
+
+/// The scope a `/files/{id}…` request reads in: the anonymous one, or with `--require-auth` the
+/// caller's (a token in the header or `?token=`), or the one a signed link names.
+fn readable_scope(app: &App, req: &Request<Incoming>, file_id: &str) -> Result<String> {
+    if !app.config.auth.require_auth {
+        return Ok(access::ANONYMOUS.to_string());
+    }
+    let query = Params::from_query(req.uri().query())?;
+    if query.get(&["sig"])?.is_none() {
+        return access::core_scope(app, req.headers(), Some(&query));
+    }
+    // A signed link names its scope: the signature was made for (scope, file) only.
+    let scope = query.get(&["scope"])?.unwrap_or_default().to_string();
+    access::signed(app, &query, &scope, file_id)?;
+    Ok(scope)
 }
 
 /// Serves the complete file `file_id` of `scope`, or 404.
@@ -70,6 +88,42 @@ pub async fn serve_file(
         })
         .await?;
     serve(app, &req, file)
+}
+
+/// Serves thumbnail `idx` of the file `file_id` of `scope`, decrypted and verified, or 404.
+pub async fn serve_thumbnail(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    scope: String,
+    file_id: String,
+    idx: u32,
+) -> Result<Response<Body>> {
+    let (id, png) = app
+        .blocking(move |app| previews::read(app, &scope, &file_id, idx))
+        .await?
+        .ok_or(Error::NotFound("thumbnail"))?;
+    // Immutable bytes under their own id, so the ETag is that id.
+    let etag = format!("\"{id}\"");
+    let builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "private, max-age=3600")
+        .header("x-content-type-options", "nosniff");
+    let h = req.headers();
+    if h.get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| etag_matches(v, &etag))
+    {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(body::empty())
+            .map_err(|e| Error::Internal(e.to_string()));
+    }
+    let head = req.method() == Method::HEAD;
+    builder
+        .header(header::CONTENT_TYPE, "image/png")
+        .header(header::CONTENT_LENGTH, png.len())
+        .body(if head { body::empty() } else { body::full(png) })
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Checks before any header is sent that every chunk file is there with its exact size.

@@ -12,6 +12,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -46,6 +47,34 @@ impl Previews {
 impl Default for Previews {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A thumbnail as replies list it: the Files API's resources and the chunk endpoint's status.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub index: u32,
+    pub id: String,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub width: u32,
+    pub height: u32,
+    /// Where it is served, with whatever the caller needs to open it from an `<img src>`.
+    pub url: String,
+}
+
+impl Listed {
+    pub fn new(t: &ThumbRow, url: String) -> Self {
+        Listed {
+            index: t.idx,
+            id: t.id.clone(),
+            size: t.len,
+            kind: "image/png",
+            width: t.width,
+            height: t.height,
+            url,
+        }
     }
 }
 

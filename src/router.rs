@@ -123,15 +123,24 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
     if let Some(rest) = path.strip_prefix(twake::PREFIX) {
         return twake::handle(app, req, rest).await;
     }
-    if let Some(id) = path.strip_prefix("/files/") {
-        if id.is_empty() || id.contains('/') {
-            return Err(Error::NotFound("file"));
-        }
-        return match method {
-            Method::GET | Method::HEAD => download::download(app, req, id.to_string()).await,
-            _ => Err(Error::MethodNotAllowed {
+    if let Some(rest) = path.strip_prefix("/files/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (id, thumb) = match parts.as_slice() {
+            [id] if !id.is_empty() => (id.to_string(), None),
+            [id, "thumbnails", idx] if !id.is_empty() => {
+                let idx: u32 = idx.parse().map_err(|_| Error::NotFound("thumbnail"))?;
+                (id.to_string(), Some(idx))
+            }
+            _ => return Err(Error::NotFound("file")),
+        };
+        if !matches!(method, Method::GET | Method::HEAD) {
+            return Err(Error::MethodNotAllowed {
                 allow: "GET, HEAD, OPTIONS",
-            }),
+            });
+        }
+        return match thumb {
+            None => download::download(app, req, id).await,
+            Some(idx) => download::thumbnail(app, req, id, idx).await,
         };
     }
     match method {
@@ -255,14 +264,25 @@ impl Cors {
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static(MAX_AGE),
             );
+            // The answer echoes what was asked: a cache must not reuse it for other questions.
+            h.append(
+                header::VARY,
+                HeaderValue::from_static(
+                    "Access-Control-Request-Headers, Access-Control-Request-Method",
+                ),
+            );
         }
         resp
     }
 
     /// Adds the CORS headers a response to an allowed origin needs.
     pub fn decorate(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
+        // Once any origin may be allowed, every answer depends on the Origin header, even one
+        // to a request without it: a cache must not hand that one to a page on another origin.
+        if self.any || !self.listed.is_empty() {
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         let Some(origin) = origin else { return };
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(credentials) = self.allows(origin) else {
             return;
         };
@@ -282,5 +302,139 @@ impl Cors {
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSE),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(o: &'static str) -> HeaderValue {
+        HeaderValue::from_static(o)
+    }
+
+    fn decorated(cors: &Cors, o: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        cors.decorate(o.map(origin).as_ref(), &mut h);
+        h
+    }
+
+    fn asked(headers: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_static(headers),
+        );
+        h
+    }
+
+    #[test]
+    fn listed_origins_get_credentials_whatever_their_case() {
+        let cors = Cors::new(&["https://App.example/".into(), " http://b.example ".into()]);
+        for o in ["https://app.example", "http://b.example"] {
+            let h = decorated(&cors, Some(o));
+            assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], o);
+            assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+            assert!(
+                h[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+                    .to_str()
+                    .unwrap()
+                    .contains("Content-Disposition")
+            );
+            assert_eq!(h[header::VARY], "Origin");
+        }
+        let h = decorated(&cors, Some("https://evil.example"));
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        // Without an Origin: nothing to allow, but the answer still varies by it.
+        let h = decorated(&cors, None);
+        assert_eq!(h[header::VARY], "Origin");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    }
+
+    #[test]
+    fn any_origin_never_gets_credentials() {
+        let cors = Cors::new(&["*".into()]);
+        let h = decorated(&cors, Some("https://anyone.example"));
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        // A listed origin beside `*` keeps its credentials; the rest get `*` without.
+        let cors = Cors::new(&["*".into(), "https://app.example".into()]);
+        let h = decorated(&cors, Some("https://app.example"));
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        let h = decorated(&cors, Some("https://other.example"));
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+    }
+
+    #[test]
+    fn no_origins_configured_means_same_origin_only() {
+        let cors = Cors::new(&[]);
+        let h = decorated(&cors, Some("https://app.example"));
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(decorated(&cors, None).is_empty());
+        let pre = cors.preflight(Some(&origin("https://app.example")), &asked("content-type"));
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+        );
+    }
+
+    #[test]
+    fn preflight_echoes_the_asked_headers_with_max_age() {
+        let cors = Cors::new(&["https://app.example".into()]);
+        let o = origin("https://app.example");
+        let pre = cors.preflight(
+            Some(&o),
+            &asked("authorization, content-type, x-custom-header"),
+        );
+        assert_eq!(pre.status(), StatusCode::NO_CONTENT);
+        let h = pre.headers();
+        for m in ["GET", "POST", "PUT", "DELETE"] {
+            assert!(
+                h[header::ACCESS_CONTROL_ALLOW_METHODS]
+                    .to_str()
+                    .unwrap()
+                    .contains(m)
+            );
+        }
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "authorization, content-type, x-custom-header"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], MAX_AGE);
+        assert!(h.get_all(header::VARY).iter().any(|v| {
+            v.to_str()
+                .unwrap()
+                .contains("Access-Control-Request-Headers")
+        }));
+        // A header list that is not a plain list of names is not echoed.
+        let pre = cors.preflight(Some(&o), &asked("x-a; y=\"b\""));
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_HEADERS)
+        );
+        // An origin that is not listed learns nothing.
+        let pre = cors.preflight(
+            Some(&origin("https://evil.example")),
+            &asked("content-type"),
+        );
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+        );
+        assert!(
+            !pre.headers()
+                .contains_key(header::ACCESS_CONTROL_ALLOW_HEADERS)
+        );
+        assert!(!pre.headers().contains_key(header::ACCESS_CONTROL_MAX_AGE));
     }
 }

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::access::{self, company_scope};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::body::{self, Body, json_response};
+use crate::body::{Body, json_response};
 use crate::crypto::{self, FileKeys};
 use crate::download;
 use crate::error::{Error, Result};
@@ -52,7 +52,7 @@ pub struct Resource {
     created_at: i64,
     updated_at: i64,
     metadata: Metadata,
-    thumbnails: Vec<Thumbnail>,
+    thumbnails: Vec<previews::Listed>,
     upload_data: UploadData,
     /// Always empty: the key never leaves the server.
     encryption_key: &'static str,
@@ -63,18 +63,6 @@ struct Metadata {
     name: String,
     mime: String,
     thumbnails_status: String,
-}
-
-#[derive(Debug, Serialize)]
-struct Thumbnail {
-    index: u32,
-    id: String,
-    size: u64,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    width: u32,
-    height: u32,
-    url: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,15 +187,7 @@ fn resource(app: &App, company: &str, meta: FileMeta) -> Resource {
                 url.push('?');
                 url.push_str(&access::signed_query(app, &meta.scope, &meta.id));
             }
-            Thumbnail {
-                index: t.idx,
-                id: t.id.clone(),
-                size: t.len,
-                kind: "image/png",
-                width: t.width,
-                height: t.height,
-                url,
-            }
+            previews::Listed::new(t, url)
         })
         .collect();
     Resource {
@@ -500,32 +480,5 @@ async fn thumbnail(
     idx: u32,
 ) -> Result<Response<Body>> {
     let scope = readable_scope(app, &req, company, &file_id)?;
-    let (id, png) = app
-        .blocking(move |app| previews::read(app, &scope, &file_id, idx))
-        .await?
-        .ok_or(Error::NotFound("thumbnail"))?;
-    let head = req.method() == Method::HEAD;
-    png_response(req.headers(), &id, png, head)
-}
-
-/// A thumbnail's response: immutable bytes under their own id, so the ETag is that id.
-fn png_response(h: &HeaderMap, id: &str, png: Vec<u8>, head: bool) -> Result<Response<Body>> {
-    let etag = format!("\"{id}\"");
-    let builder = Response::builder()
-        .header(header::ETAG, &etag)
-        .header(header::CACHE_CONTROL, "private, max-age=3600")
-        .header("x-content-type-options", "nosniff");
-    if h.get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
-    {
-        return builder
-            .status(StatusCode::NOT_MODIFIED)
-            .body(body::empty())
-            .map_err(|e| Error::Internal(e.to_string()));
-    }
-    builder
-        .header(header::CONTENT_TYPE, "image/png")
-        .header(header::CONTENT_LENGTH, png.len())
-        .body(if head { body::empty() } else { body::full(png) })
-        .map_err(|e| Error::Internal(e.to_string()))
+    download::serve_thumbnail(app, req, scope, file_id, idx).await
 }

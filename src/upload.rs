@@ -60,16 +60,30 @@ pub struct ChunkReply {
 /// Where a complete file is served. With `--require-auth` the link carries a signature, so
 /// that it works from an `<a href>`.
 pub fn download_url(app: &App, scope: &str, file_id: &str) -> String {
-    if app.config.auth.require_auth {
-        let scope_q =
-            percent_encoding::utf8_percent_encode(scope, percent_encoding::NON_ALPHANUMERIC);
-        format!(
-            "/files/{file_id}?scope={scope_q}&{}",
-            access::signed_query(app, scope, file_id)
-        )
-    } else {
-        format!("/files/{file_id}")
+    link(app, scope, file_id, format!("/files/{file_id}"))
+}
+
+/// Where thumbnail `idx` of a complete file is served, signed like [`download_url`] for an
+/// `<img src>`.
+pub fn thumbnail_url(app: &App, scope: &str, file_id: &str, idx: u32) -> String {
+    link(
+        app,
+        scope,
+        file_id,
+        format!("/files/{file_id}/thumbnails/{idx}"),
+    )
+}
+
+/// `path` about `file_id`, with `?scope=…&sig=…` when `--require-auth` makes it private.
+fn link(app: &App, scope: &str, file_id: &str, path: String) -> String {
+    if !app.config.auth.require_auth {
+        return path;
     }
+    let scope_q = percent_encoding::utf8_percent_encode(scope, percent_encoding::NON_ALPHANUMERIC);
+    format!(
+        "{path}?scope={scope_q}&{}",
+        access::signed_query(app, scope, file_id)
+    )
 }
 
 fn reply(
@@ -143,6 +157,11 @@ struct StatusReply {
     complete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     download_url: Option<String>,
+    /// Once complete: `waiting` while the previews are being made, then `done` (with or without
+    /// thumbnails: a file that is not an image has none) or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbnails_status: Option<String>,
+    thumbnails: Vec<previews::Listed>,
 }
 
 /// `GET {upload-path}/status?resumableIdentifier=X`.
@@ -157,8 +176,22 @@ pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
                 .ok_or(Error::NotFound("upload"))?;
             let received = app.index.received(&row.id)?;
             let complete = row.completed_at.is_some();
+            let meta = if complete {
+                app.index.file_meta(&scope, &row.file_id)?
+            } else {
+                None
+            };
+            let thumbnails = meta.as_ref().map_or_else(Vec::new, |m| {
+                let url = |idx| thumbnail_url(app, &scope, &row.file_id, idx);
+                m.thumbnails
+                    .iter()
+                    .map(|t| previews::Listed::new(t, url(t.idx)))
+                    .collect()
+            });
             Ok(StatusReply {
                 download_url: complete.then(|| download_url(app, &scope, &row.file_id)),
+                thumbnails_status: meta.map(|m| m.thumbs),
+                thumbnails,
                 identifier: row.identifier,
                 file_id: row.file_id,
                 filename: row.filename,

@@ -1,6 +1,7 @@
 // The chunkd demo page: uploads through the real Resumable.js 1.1.0 or Flow.js 2.14.1 (served
 // from static/node_modules), with per-file progress, speed, time left, pause, resume, cancel, a
-// count of the chunks the server already had, and the finished files with their download links.
+// count of the chunks the server already had, and the finished files with their download links
+// and, for images, their thumbnails.
 //
 // Settings come from the form, remembered in localStorage. Query parameters override them, which
 // the browser tests use: ?lib=resumable|flow, method=multipart|octet, chunkSize=<bytes>,
@@ -374,14 +375,39 @@
     for (const [cls, verb] of [['.act-pause', 'Pause'], ['.act-resume', 'Resume'], ['.act-retry', 'Retry'], ['.act-cancel', 'Cancel']]) {
       li.querySelector(cls).setAttribute('aria-label', `${verb} ${path}`);
     }
-    li.querySelector('.act-pause').addEventListener('click', () => pauseRow(row));
-    li.querySelector('.act-resume').addEventListener('click', () => resumeRow(row));
-    li.querySelector('.act-retry').addEventListener('click', () => retryRow(row));
-    li.querySelector('.act-cancel').addEventListener('click', () => cancelRow(row));
+    // Each action hides its own button: focus moves to the one that undoes it, so a keyboard
+    // user is never dropped back at the top of the page.
+    const act = (cls, action, next) =>
+      li.querySelector(cls).addEventListener('click', () => {
+        action(row);
+        if (next) refocus(li.querySelector(next));
+      });
+    act('.act-pause', pauseRow, '.act-resume');
+    act('.act-resume', resumeRow, '.act-pause');
+    act('.act-retry', retryRow, '.act-pause');
+    li.querySelector('.act-cancel').addEventListener('click', () => {
+      const next = neighbourButton(li);
+      cancelRow(row);
+      refocus(next);
+    });
     rows.set(libFile, row);
     rowsByIdentifier.set(identifier, row);
     queue.append(li);
     setState(row, 'uploading');
+  }
+
+  // Moves the focus to `el` if the element that had it is gone (hidden, disabled or removed).
+  function refocus(el) {
+    const lost = !document.activeElement || document.activeElement === document.body ||
+      document.activeElement.hidden || document.activeElement.disabled || !document.activeElement.isConnected;
+    if (lost && el && !el.hidden && !el.disabled) el.focus();
+  }
+
+  // Where the focus goes when a row of the queue goes away: the next row, the previous one, or
+  // the file picker.
+  function neighbourButton(li) {
+    const other = li.nextElementSibling || li.previousElementSibling;
+    return (other && other.querySelector('.file-actions button:not([hidden])')) || byId('pick-files-button');
   }
 
   function setState(row, state) {
@@ -444,6 +470,7 @@
         status = 'Waiting';
     }
     li.querySelector('.file-status').textContent = status;
+    bar.setAttribute('aria-valuetext', status);
     const skipped = li.querySelector('.file-skipped');
     skipped.hidden = row.skipped === 0;
     skipped.textContent = `${plural(row.skipped, 'chunk', 'chunks')} already on the server`;
@@ -570,7 +597,7 @@
       return;
     }
     row.ctl.forget();
-    finish(row, reply.download_url || `/files/${reply.file_id}`);
+    finish(row, reply);
   }
 
   async function statusOf(identifier) {
@@ -588,8 +615,11 @@
     return null;
   }
 
-  function finish(row, url) {
-    const href = new URL(url, new URL(target, location.href)).href;
+  // Links in chunkd's replies are relative to chunkd, which may be on another origin.
+  const fromServer = (url) => new URL(url, new URL(target, location.href)).href;
+
+  function finish(row, reply) {
+    const href = fromServer(reply.download_url || `/files/${reply.file_id}`);
     const li = byId('done-row').content.firstElementChild.cloneNode(true);
     li.querySelector('.file-icon').textContent = extension(row.name);
     const name = li.querySelector('.file-name');
@@ -614,6 +644,55 @@
     removeRow(row);
     stats.finished++;
     renderStats();
+    showPreview(li, row.identifier, reply);
+  }
+
+  // chunkd makes an image's thumbnail just after the upload completes. Ask the status call a few
+  // times, soon and then less often, while it says `waiting`; then show thumbnail 0 in place of the
+  // badge. A file that is not an image, or whose preview failed, keeps its badge.
+  const PREVIEW_DELAYS = [150, 250, 400, 700, 1000, 1500, 2500, 4000, 6000];
+
+  async function showPreview(li, identifier, reply) {
+    li.dataset.preview = 'waiting';
+    const badge = li.querySelector('.file-icon');
+    let st = reply.thumbnails_status ? reply : null;
+    for (const delay of PREVIEW_DELAYS) {
+      if (st && st.thumbnails_status !== 'waiting') break;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      if (!li.isConnected) return;
+      st = await statusOf(identifier);
+    }
+    const thumb = st && st.thumbnails_status === 'done' && Array.isArray(st.thumbnails) ? st.thumbnails[0] : null;
+    if (!thumb) {
+      // `done` without a thumbnail: not an image. `error`: an image chunkd could not read.
+      // Still `waiting`, or no answer: say nothing, the badge stays.
+      const state = st ? st.thumbnails_status : null;
+      li.dataset.preview = state === 'done' ? 'none' : 'error';
+      if (state === 'error') noPreview(li);
+      return;
+    }
+    const img = new Image(thumb.width, thumb.height);
+    img.className = 'file-thumb';
+    img.alt = '';
+    img.src = fromServer(thumb.url);
+    try {
+      await img.decode();
+    } catch {
+      li.dataset.preview = 'error';
+      noPreview(li);
+      return;
+    }
+    badge.replaceChildren(img);
+    badge.classList.add('has-thumb');
+    li.dataset.preview = 'done';
+  }
+
+  function noPreview(li) {
+    const note = document.createElement('span');
+    note.className = 'file-note';
+    note.textContent = 'No preview';
+    note.title = 'chunkd could not read this image to make a preview. The file itself is intact.';
+    li.querySelector('.file-meta').append(note);
   }
 
   // ---------------------------------------------------------------- notices
@@ -681,8 +760,14 @@
     window.addEventListener('dragover', (e) => e.preventDefault());
     window.addEventListener('drop', (e) => e.preventDefault());
 
-    byId('pause-all').addEventListener('click', () => [...rows.values()].forEach(pauseRow));
-    byId('resume-all').addEventListener('click', () => [...rows.values()].forEach(resumeRow));
+    byId('pause-all').addEventListener('click', () => {
+      [...rows.values()].forEach(pauseRow);
+      refocus(byId('resume-all'));
+    });
+    byId('resume-all').addEventListener('click', () => {
+      [...rows.values()].forEach(resumeRow);
+      refocus(byId('pause-all'));
+    });
     byId('cancel-all').addEventListener('click', () => {
       const active = [...rows.values()].filter((r) => r.state !== 'done');
       active.forEach((r) => {
@@ -690,6 +775,7 @@
         removeRow(r);
       });
       if (active.length) notify(`Cancelled ${plural(active.length, 'upload', 'uploads')}.`);
+      refocus(byId('pick-files-button'));
     });
   }
 

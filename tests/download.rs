@@ -830,3 +830,90 @@ async fn a_zero_byte_file_uploads_and_downloads_empty() {
         assert_eq!(std::fs::metadata(&f).unwrap().len(), 16);
     }
 }
+
+/// `GET /files/{id}/thumbnails/{index}`: the status call lists an image's thumbnail once made;
+/// it is a PNG of the listed size, cached by its ETag; other indexes, unknown or incomplete
+/// files and files that are not images get 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn thumbnails_of_chunk_endpoint_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let client = Client::new(&server);
+
+    let bytes = png(1200, 600);
+    let third = bytes.len() / 3;
+    let mut image = Upload::new("photo", bytes, third);
+    image.filename = "photo.png".into();
+    image.mime = "image/png".into();
+    assert_eq!(image.total_chunks(), 3);
+    let id = client.upload_all(&image).await;
+    let st = client.status_previewed("photo").await.json;
+    assert_eq!(st["thumbnails_status"], "done", "{st}");
+    let thumbs = st["thumbnails"].as_array().unwrap();
+    assert_eq!(thumbs.len(), 1, "{st}");
+    let t = &thumbs[0];
+    assert_eq!(t["index"], 0);
+    assert_eq!(t["type"], "image/png");
+    let url = format!("/files/{id}/thumbnails/0");
+    assert_eq!(t["url"], url.as_str());
+
+    let resp = client.http.get(server.url(&url)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(hdr(resp.headers(), "content-type"), "image/png");
+    let etag = hdr(resp.headers(), "etag").to_string();
+    assert_eq!(etag, format!("\"{}\"", t["id"].as_str().unwrap()));
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, t["size"].as_u64().unwrap());
+    let decoded = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(decoded.width() as u64, t["width"].as_u64().unwrap());
+    assert_eq!(decoded.height() as u64, t["height"].as_u64().unwrap());
+    assert!(decoded.width() < 1200 && decoded.width() == 2 * decoded.height());
+
+    let again = client
+        .http
+        .get(server.url(&url))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+    let head = client.http.head(server.url(&url)).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(
+        hdr(head.headers(), "content-length"),
+        bytes.len().to_string()
+    );
+
+    // Not an image: previews are done, with none to list.
+    let mut text = Upload::new("notes", data(5000, 3), 4096);
+    text.mime = "text/plain".into();
+    let text_id = client.upload_all(&text).await;
+    let st = client.status_previewed("notes").await.json;
+    assert_eq!(st["thumbnails_status"], "done", "{st}");
+    assert_eq!(st["thumbnails"], json!([]));
+
+    // An upload in progress has no preview state yet.
+    let partial = Upload::new("partial", data(30_000, 4), 10_000);
+    let r = client.send(&partial, 1, Via::Octet).await;
+    let partial_id = r.file_id();
+    let st = client.status("partial").await.json;
+    assert!(st.get("thumbnails_status").is_none(), "{st}");
+    assert_eq!(st["thumbnails"], json!([]));
+
+    for path in [
+        format!("/files/{id}/thumbnails/1"),
+        format!("/files/{id}/thumbnails/x"),
+        format!("/files/{text_id}/thumbnails/0"),
+        format!("/files/{partial_id}/thumbnails/0"),
+        "/files/0123456789abcdef0123456789abcdef/thumbnails/0".to_string(),
+        format!("/files/{id}/thumbnails/0/more"),
+        format!("/files/{id}/thumbnails"),
+    ] {
+        let r = client.get(&path).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json["error"], "not_found", "{path}");
+    }
+    let post = client.http.post(server.url(&url)).send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+    assert_eq!(hdr(post.headers(), "allow"), "GET, HEAD, OPTIONS");
+}

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chunkd::Config;
 use chunkd::auth::{Claims, JwtKey};
-use common::{TestServer, data, files_under};
+use common::{TestServer, data, files_under, png};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -198,15 +198,6 @@ impl Api {
     async fn get(&self, path: &str, token: Option<&str>) -> Answer {
         self.call(self.req(Method::GET, path, token)).await
     }
-}
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 fn spool_dirs(data: &Path) -> usize {
@@ -913,6 +904,67 @@ async fn require_auth_on_the_chunk_endpoint() {
     let got = anon.get(&url).await;
     assert_eq!(got.status, 200);
     assert_eq!(anon.get(&url.replace(&a_id, &b_id)).await.status, 401);
+}
+
+/// `--require-auth` on the chunk endpoint's thumbnails: the status call needs a token and
+/// lists a signed URL that works alone, from an `<img src>`; without it or with another user's
+/// token the thumbnail stays private, exactly like the download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_auth_on_chunk_endpoint_thumbnails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.auth.require_auth = true;
+    let server = TestServer::start_with(c);
+    let token = user("alice", "acme");
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let alice = common::Client {
+        http: reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap(),
+        base: server.url(""),
+    };
+    let anon = common::Client::new(&server);
+    let api = Api::new(&server);
+    let bob = user("bob", "acme");
+
+    let mut image = common::Upload::new("pic", png(300, 200), 1 << 20);
+    image.filename = "pic.png".into();
+    image.mime = "image/png".into();
+    let last = alice.send(&image, 1, common::Via::Octet).await;
+    assert_eq!(last.json["complete"], true, "{:?}", last.json);
+    let id = last.file_id();
+    assert_eq!(anon.status("pic").await.status, 401);
+    let st = alice.status_previewed("pic").await.json;
+    assert_eq!(st["thumbnails_status"], "done", "{st}");
+    let url = st["thumbnails"][0]["url"].as_str().unwrap().to_string();
+    let plain = format!("/files/{id}/thumbnails/0");
+    assert!(url.starts_with(&format!("{plain}?scope=")), "{url}");
+    assert!(url.contains("&sig="), "{url}");
+
+    // The signed URL alone opens it; the plain one needs the owner's token.
+    let got = api.get(&url, None).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(&got.bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(api.get(&plain, None).await.status, 401);
+    assert_eq!(api.get(&plain, Some(&token)).await.status, 200);
+    assert_eq!(
+        api.get(&format!("{plain}?token={token}"), None)
+            .await
+            .status,
+        200
+    );
+    // Another user's token finds nothing; a signature moved to another path is refused.
+    assert_eq!(api.get(&plain, Some(&bob)).await.status, 404);
+    let other = common::Upload::new("other", data(1000, 5), 1 << 20);
+    let other_id = alice.send(&other, 1, common::Via::Octet).await.file_id();
+    let moved = url.replace(&id, &other_id);
+    assert_eq!(api.get(&moved, None).await.status, 401);
+    assert_eq!(
+        api.get(&format!("{plain}?sig=forged"), None).await.status,
+        401
+    );
 }
 
 /// `chunkd token` mints a token the server (same data directory) accepts.

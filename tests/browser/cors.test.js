@@ -1,7 +1,7 @@
 // A page on another origin embeds Resumable.js (its own copy, from static/node_modules) with
 // `target` pointing at chunkd. From an origin listed in --cors-origin the upload works, with
-// credentials, a custom header and a cross-origin download; from any other origin it fails and
-// nothing reaches the server.
+// credentials, Authorization and a custom header, and a cross-origin download; from any other
+// origin it fails and nothing reaches the server.
 'use strict';
 
 const { test, before, after } = require('node:test');
@@ -29,7 +29,8 @@ const EMBED_PAGE = `<!doctype html>
     chunkSize: 256 * 1024,
     simultaneousUploads: 3,
     withCredentials: true,
-    headers: { 'X-Embed-Test': 'yes' },
+    // chunkd without --require-auth ignores the token, but the browser must be allowed to send it.
+    headers: { 'X-Embed-Test': 'yes', Authorization: 'Bearer embed-test' },
     maxChunkRetries: 2,
     chunkRetryInterval: 200,
     generateUniqueIdentifier: (f) =>
@@ -103,6 +104,10 @@ async function embed(origin, query) {
 for (const method of ['multipart', 'octet']) {
   test(`an allowed origin uploads through CORS (${method})`, async () => {
     const page = await embed(allowed.origin, { method, tag: `allowed-${method}` });
+    const posts = [];
+    page.on('requestfinished', async (req) => {
+      if (req.method() === 'POST') posts.push({ headers: await req.allHeaders(), status: (await req.response()).status() });
+    });
     const files = [h.makeFile(`cors-${method}-1.bin`, 900 * KiB + 1), h.makeFile(`cors-${method}-2.bin`, 300 * KiB)];
     await h.pick(page, files, '#files');
     const results = await h.waitFor(
@@ -116,6 +121,12 @@ for (const method of ['multipart', 'octet']) {
       assert.equal(got.sha256, h.sha256(f.buffer), 'the page downloaded the same bytes cross-origin');
       assert.match(got.disposition, /^attachment/, 'Content-Disposition is exposed to the page');
       assert.equal(h.sha256(await h.download(got.url)), h.sha256(f.buffer));
+    }
+    await h.waitFor(() => posts.length >= 4, { what: 'the 4 chunk POSTs' });
+    for (const p of posts) {
+      assert.equal(p.status, 200);
+      assert.equal(p.headers['x-embed-test'], 'yes', 'the custom header went through');
+      assert.equal(p.headers.authorization, 'Bearer embed-test', 'Authorization went through');
     }
     await page.close();
   });
@@ -158,7 +169,7 @@ test('preflight answers: allowed origin, headers asked, Max-Age; nothing for oth
       headers: {
         Origin: origin,
         'Access-Control-Request-Method': 'POST',
-        'Access-Control-Request-Headers': 'content-type, x-embed-test',
+        'Access-Control-Request-Headers': 'authorization, content-type, x-embed-test',
       },
     });
   const ok = await ask(allowed.origin);
@@ -166,7 +177,8 @@ test('preflight answers: allowed origin, headers asked, Max-Age; nothing for oth
   assert.equal(ok.headers.get('access-control-allow-origin'), allowed.origin);
   assert.equal(ok.headers.get('access-control-allow-credentials'), 'true');
   assert.match(ok.headers.get('access-control-allow-methods'), /POST/);
-  assert.match(ok.headers.get('access-control-allow-headers'), /x-embed-test/i);
+  assert.equal(ok.headers.get('access-control-allow-headers'), 'authorization, content-type, x-embed-test');
+  assert.match(ok.headers.get('vary'), /Origin/);
   assert.equal(ok.headers.get('access-control-max-age'), '7200');
   const no = await ask(denied.origin);
   assert.equal(no.headers.get('access-control-allow-origin'), null);

@@ -1,6 +1,6 @@
 // The demo page in headless Chromium against the real chunkd: uploads with Resumable.js
-// (multipart and octet) and Flow.js, pause and resume, a reload mid-upload, the page without
-// its libraries, and the screenshot in docs/demo.png.
+// (multipart and octet) and Flow.js, pause and resume, a reload mid-upload, thumbnails in the
+// finished list, the page without its libraries, and the screenshot in docs/demo.png.
 'use strict';
 
 const { test, before, after } = require('node:test');
@@ -132,8 +132,13 @@ test('pause then resume', async () => {
   await h.pick(page, [file]);
   const row = page.locator('#queue li').first();
   await h.waitFor(async () => (await stats(page)).sent >= 3, { what: '3 chunks sent' });
-  await row.getByRole('button', { name: /^Pause / }).click();
+  // By keyboard: Enter on Pause, and the focus lands on Resume, which replaces it.
+  const focused = () => page.evaluate(() => document.activeElement.getAttribute('aria-label'));
+  await row.getByRole('button', { name: /^Pause / }).focus();
+  await page.keyboard.press('Enter');
   assert.equal(await row.getAttribute('data-state'), 'paused');
+  assert.equal(await focused(), `Resume ${file.name}`, 'the focus moves to Resume');
+  assert.match(await row.locator('.bar').getAttribute('aria-valuetext'), /^Paused at \d+%$/);
   await h.sleep(300); // requests already aborted may still land
   const postsAtPause = requests.post;
   const sentAtPause = (await stats(page)).sent;
@@ -144,7 +149,9 @@ test('pause then resume', async () => {
   assert.ok(sentAtPause < h.chunkCount(file.buffer.length, CHUNK), 'paused before the end');
 
   slow.ms = 0;
-  await row.getByRole('button', { name: /^Resume / }).click();
+  await page.keyboard.press('Enter');
+  assert.equal(await row.getAttribute('data-state'), 'uploading');
+  assert.equal(await focused(), `Pause ${file.name}`, 'and back to Pause');
   await waitFinished(page, 1);
   await h.checkDownloads(assert, page, [file]);
   await page.close();
@@ -178,6 +185,38 @@ test('a reload mid-upload: the same files again skip the chunks the server has',
   await page.close();
 });
 
+test('an image gets its thumbnail in the finished list; other files keep their badge', async () => {
+  const page = await openDemo({ lib: 'resumable', method: 'multipart', simultaneous: '3' });
+  const image = h.makePng('lake.png', 960, 640);
+  const text = h.makeFile('notes.txt', 20 * KiB);
+  const broken = h.makeFile('broken.png', 40 * KiB); // random bytes: no image in them
+  await h.pick(page, [image, text, broken]);
+  await waitFinished(page, 3);
+  await page.waitForFunction(() => !document.querySelector('#done li[data-preview="waiting"]'), null, { timeout: 30000 });
+  await h.checkDownloads(assert, page, [image, text, broken]);
+  const row = (name) => page.locator('#done li', { has: page.locator('.file-name', { hasText: name }) });
+
+  const thumb = row('lake.png').locator('img.file-thumb');
+  assert.equal(await row('lake.png').getAttribute('data-preview'), 'done');
+  assert.ok(await thumb.isVisible(), 'the thumbnail is visible');
+  const shown = await thumb.evaluate((img) => ({ w: img.naturalWidth, h: img.naturalHeight, src: img.src, box: img.getBoundingClientRect().width }));
+  assert.deepEqual([shown.w, shown.h], [600, 400], 'the browser decoded the 600×400 thumbnail');
+  assert.ok(shown.box >= 32, `shown at ${shown.box} px`);
+  assert.match(shown.src, /\/files\/[0-9a-f]{32}\/thumbnails\/0$/);
+  const png = await h.download(shown.src);
+  assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+  assert.equal(await row('notes.txt').getAttribute('data-preview'), 'none');
+  assert.equal(await row('notes.txt').locator('img').count(), 0);
+  assert.equal(await row('notes.txt').locator('.file-icon').textContent(), 'TXT');
+
+  assert.equal(await row('broken.png').getAttribute('data-preview'), 'error');
+  assert.equal(await row('broken.png').locator('img').count(), 0);
+  assert.equal(await row('broken.png').locator('.file-icon').textContent(), 'PNG');
+  assert.equal(await row('broken.png').locator('.file-note').textContent(), 'No preview');
+  await page.close();
+});
+
 test('without its libraries the page says how to install them', async () => {
   const page = await browser.newPage();
   await page.route(
@@ -206,10 +245,12 @@ test('screenshot of the page after finished uploads', async () => {
     video,
     h.makeFile('quarterly-report.pdf', 1 * MiB + 300 * KiB),
     h.makeFile('customers-2026.csv', 600 * KiB + 999),
+    h.makePng('lake-at-dusk.png', 1800, 1200),
   ];
   await h.pick(page, finished);
   await waitFinished(page, finished.length);
   await h.checkDownloads(assert, page, finished);
+  await page.locator('#done li[data-preview="done"] img.file-thumb').waitFor({ timeout: 30000 });
 
   // Then two more: one paused, one on its way.
   slow.ms = 600;
@@ -224,7 +265,7 @@ test('screenshot of the page after finished uploads', async () => {
   await h.sleep(300);
   const out = h.screenshotPath();
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  await page.screenshot({ path: out });
+  await page.screenshot({ path: out, fullPage: true });
   assert.ok(fs.statSync(out).size > 10000, 'a real screenshot');
   await page.getByRole('button', { name: 'Cancel all' }).click();
   await page.close();

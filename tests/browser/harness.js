@@ -9,6 +9,7 @@ const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
+const zlib = require('node:zlib');
 
 const { chromium } = require('playwright-core');
 
@@ -161,15 +162,90 @@ const MTIME = new Date('2026-01-01T00:00:00Z');
  * (Playwright gives a file passed as a buffer a new lastModified each time.)
  */
 function makeFile(name, size) {
+  return writeFile(name, crypto.randomBytes(size));
+}
+
+function writeFile(name, buffer) {
   if (!filesDir) {
     filesDir = tempDir('files');
     process.once('exit', () => removeDir(filesDir));
   }
-  const buffer = crypto.randomBytes(size);
   const file = path.join(filesDir, name);
   fs.writeFileSync(file, buffer);
   fs.utimesSync(file, MTIME, MTIME);
   return { name, path: file, buffer };
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(buf) {
+  let c = 0xffffffff;
+  for (const b of buf) c = CRC_TABLE[(c ^ b) & 255] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A PNG (8-bit RGB) of `width` × `height` pixels, each `pixel(u, v)` = [r, g, b], u and v in [0, 1). */
+function encodePng(width, height, pixel) {
+  const raw = Buffer.alloc((width * 3 + 1) * height);
+  for (let y = 0, o = 0; y < height; y++) {
+    raw[o++] = 0; // filter: none
+    for (let x = 0; x < width; x++) {
+      const [r, g, b] = pixel(x / width, y / height);
+      raw[o++] = r;
+      raw[o++] = g;
+      raw[o++] = b;
+    }
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8); // 8 bits, RGB, deflate, no filter method, no interlace
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+/** A landscape at dusk: sky, sun, two mountain ridges and a lake. Something worth a thumbnail. */
+function landscape(u, v) {
+  const mix = (a, b, t) => a.map((x, i) => Math.round(x + (b[i] - x) * Math.min(Math.max(t, 0), 1)));
+  const far = 0.47 + 0.07 * Math.sin(u * 6.5 + 1) + 0.025 * Math.sin(u * 19 + 2);
+  const near = 0.58 + 0.06 * Math.sin(u * 4.2 + 3.5) + 0.02 * Math.sin(u * 27);
+  const shore = 0.7;
+  const sun = Math.hypot(u - 0.68, (v - 0.4) * 0.66);
+  if (v >= shore) {
+    const depth = (v - shore) / (1 - shore);
+    let c = mix([232, 146, 120], [32, 52, 96], depth * 1.6);
+    // The sun's reflection: a shimmering column under it.
+    const glint = Math.max(0, 1 - Math.abs(u - 0.68) * 14) * (0.5 + 0.5 * Math.sin(v * 260));
+    c = mix(c, [255, 226, 170], glint * (1 - depth) * 0.9);
+    return c;
+  }
+  if (v >= near) return mix([64, 48, 92], [40, 30, 64], (v - near) * 8);
+  if (v >= far) return mix([128, 84, 128], [96, 66, 112], (v - far) * 6);
+  let c = mix([44, 62, 128], [252, 176, 120], (v / far) ** 1.6);
+  if (sun < 0.055) return [255, 240, 200];
+  c = mix(c, [255, 214, 160], Math.max(0, 1 - sun / 0.2) ** 2);
+  return c;
+}
+
+/** makeFile for a PNG of that landscape. */
+function makePng(name, width, height) {
+  return writeFile(name, encodePng(width, height, landscape));
 }
 
 /** A folder of files from makeFile, with a subfolder: `dir`, and `files` named by relative path. */
@@ -298,6 +374,7 @@ module.exports = {
   launchBrowser,
   makeFile,
   makeFolder,
+  makePng,
   pick,
   sha256,
   chunkCount,

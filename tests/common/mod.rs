@@ -97,6 +97,16 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A PNG of `w` × `h` pixels.
+pub fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 /// Which parameter names a client uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -285,6 +295,23 @@ impl Client {
                 .unwrap(),
         )
         .await
+    }
+
+    /// The status of a complete upload once its previews are no longer `waiting` (at most 20 s).
+    pub async fn status_previewed(&self, identifier: &str) -> Reply {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = self.status(identifier).await;
+            assert_eq!(r.status, 200, "{:?}", r.json);
+            if r.json["thumbnails_status"] != "waiting" {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "previews still waiting"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
