@@ -54,12 +54,13 @@ impl App {
         }
         let spool = Spool::open(data.join("spool"), config.storage.durability)?;
         // Bytes left by a stop between a commit and the removal after it (a delete, an
-        // overwrite), or by a single-request upload that never committed.
-        let known = index
-            .upload_ids()
+        // overwrite), by a single-request upload that never committed, or by a chunk whose row
+        // never committed.
+        let owned = index
+            .spool_names()
             .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
         let metrics = Metrics::new();
-        let swept = spool.sweep_orphans(&known)?;
+        let swept = spool.sweep_orphans(&owned)?;
         let lost = forget_lost_chunks(&index, &spool)
             .map_err(|e| io::Error::other(format!("cannot check the spool: {e}")))?;
         metrics.orphans_removed.inc_by((swept + lost) as u64);
@@ -134,8 +135,8 @@ fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
     let mut lost = Vec::new();
     for (upload, c) in index.incomplete_chunks()? {
         let path = spool.chunk_path(&upload, c.number, c.nonce)?;
-        let ok = std::fs::metadata(&path)
-            .is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
+        let ok =
+            std::fs::metadata(&path).is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
         if !ok {
             tracing::warn!(upload_id = %upload, chunk = c.number, "chunk bytes missing; it will be asked for again");
             lost.push((upload, c.number));

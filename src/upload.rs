@@ -328,8 +328,24 @@ pub async fn store_chunk(
                 row: chunk,
                 mut guard,
             } = written;
-            app.spool.finish_chunk(file, &upload_id)?;
-            let commit = app.index.commit_chunk(&upload_id, &d, chunk)?;
+            let done = app
+                .spool
+                .finish_chunk(file, &upload_id)
+                .map_err(Error::from)
+                .and_then(|()| app.index.commit_chunk(&upload_id, &d, chunk));
+            let commit = match done {
+                Ok(commit) => commit,
+                Err(e) => {
+                    drop(guard);
+                    // A delete committed meanwhile: it removed the directory, or this write
+                    // made it again after the removal. The chunk is for a file that is gone.
+                    if !app.index.upload_exists(&upload_id)? {
+                        app.spool.remove_upload(&upload_id)?;
+                        return Err(Error::NotFound("upload"));
+                    }
+                    return Err(e);
+                }
+            };
             if let Commit::Stored {
                 replaced, freed, ..
             } = &commit

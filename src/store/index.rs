@@ -325,6 +325,13 @@ impl Index {
         Ok((row, shape))
     }
 
+    /// True while an upload's row exists (a delete or an expiry removes it).
+    pub fn upload_exists(&self, upload_id: &str) -> Result<bool> {
+        let c = self.conn();
+        Ok(c.prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")?
+            .exists([upload_id])?)
+    }
+
     /// The committed chunk `number` of an upload, if any.
     pub fn chunk(&self, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
         let c = self.conn();
