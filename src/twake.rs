@@ -410,6 +410,9 @@ async fn store_classic(
         app.index
             .insert_complete(&file, &id, &wrapped, shape, &rows)?;
         guards.iter_mut().for_each(|g| g.keep());
+        // Counted in before the reservations go, as a chunk's commit does.
+        app.usage
+            .add(rows.iter().map(|r| crypto::sealed_len(r.len)).sum());
         Ok(())
     })
     .await?;
