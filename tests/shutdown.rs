@@ -148,3 +148,18 @@ async fn sigterm_cuts_off_a_chunk_at_the_deadline_and_stores_nothing_of_it() {
 async fn sigint_cuts_off_a_chunk_at_the_deadline_and_stores_nothing_of_it() {
     cut_off_at_the_deadline("INT").await;
 }
+
+/// A signal sent the moment the "listening" line is out is already a graceful stop (the handlers
+/// used to be installed only once the server first waited for them, and a SIGTERM that came
+/// earlier killed chunkd outright).
+#[test]
+fn a_signal_right_after_the_listening_line_is_a_clean_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for i in 0..20 {
+        let server = Chunkd::start(&data_dir, &[]);
+        server.signal(if i % 2 == 0 { "TERM" } else { "INT" });
+        let status = server.wait();
+        assert!(status.success(), "start {i}: {status:?}");
+    }
+}
