@@ -332,6 +332,24 @@ impl Index {
             .exists([upload_id])?)
     }
 
+    /// Where an upload stands now: chunks committed, total chunks if known, and whether it is
+    /// complete.
+    pub fn progress(&self, upload_id: &str) -> Result<Option<(u64, Option<u64>, bool)>> {
+        let c = self.conn();
+        Ok(c.query_row(
+            "SELECT received, total_chunks, completed_at IS NOT NULL FROM uploads WHERE id = ?1",
+            [upload_id],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                    r.get(2)?,
+                ))
+            },
+        )
+        .optional()?)
+    }
+
     /// The committed chunk `number` of an upload, if any.
     pub fn chunk(&self, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
         let c = self.conn();
