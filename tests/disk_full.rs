@@ -218,3 +218,126 @@ async fn a_real_enospc_is_a_503_and_the_upload_finishes_after_space_is_freed() {
     assert_eq!(client.download(&done.file_id()).await, *up.data);
     drop(server);
 }
+
+/// The whole data directory, index included, on a 1 MiB filesystem filled with small Files API
+/// uploads: whatever runs out first (a chunk file, the index's WAL), every answer is a 200 or a
+/// 503, what was acknowledged stays whole, and once the filesystem is grown the refused chunk
+/// goes in and deletes work. (While the index itself has no room, a delete is refused with 503
+/// too: it needs to write to the index.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_under_the_index_too_is_a_503_never_a_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let _mount = match Mount::tmpfs(&data_dir, "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED: a tmpfs cannot be mounted here ({why})");
+            return;
+        }
+    };
+    let token = token();
+    let server = TestServer::start_with(config(&data_dir, None));
+    let client = Client::new(&server);
+    let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut refused: Option<(String, Vec<u8>)> = None;
+    let mut full = 0;
+    for i in 0..1000u64 {
+        let bytes = data(3_000, i);
+        let create = client
+            .http
+            .post(format!("{}{API}?filename=f{i}.bin", client.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let s = create.status().as_u16();
+        let json: Value = create.json().await.unwrap();
+        let id = match s {
+            200 => json["resource"]["id"].as_str().unwrap().to_string(),
+            503 => {
+                assert_eq!(json["error"], "disk_full", "{json}");
+                full += 1;
+                if full == 5 {
+                    break;
+                }
+                continue;
+            }
+            _ => panic!("create {i}: {s} {json}"),
+        };
+        let up = Upload::new("small", bytes.clone(), 3_000);
+        let r = client
+            .http
+            .post(format!("{}{API}/{id}?{}", client.base, up.query(1)))
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let retry = r.headers().contains_key("retry-after");
+        let json: Value = r.json().await.unwrap_or(Value::Null);
+        match s {
+            200 => stored.push((id, bytes)),
+            503 => {
+                assert!(retry, "{json}");
+                assert_eq!(json["error"], "disk_full", "{json}");
+                refused.get_or_insert((id, bytes));
+                full += 1;
+                if full == 5 {
+                    break;
+                }
+            }
+            _ => panic!("chunk {i}: {s} {json}"),
+        }
+    }
+    assert!(full > 0, "the filesystem never filled");
+    eprintln!(
+        "{} files stored before the filesystem was full",
+        stored.len()
+    );
+    for (id, bytes) in stored.iter().step_by(7) {
+        let r = client
+            .http
+            .get(format!("{}{API}/{id}/download", client.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    }
+    // The operator grows the filesystem; the refused chunk goes in, deletes work.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(&data_dir)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    if let Some((id, bytes)) = refused {
+        let up = Upload::new("small", bytes.clone(), 3_000);
+        let r = client
+            .http
+            .post(format!("{}{API}/{id}?{}", client.base, up.query(1)))
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for (id, _) in stored.iter().take(10) {
+        api_delete(&client, &token, id).await;
+    }
+    assert!(
+        !api_file(&client, &token, data(3_000, 9999))
+            .await
+            .is_empty()
+    );
+    drop(server);
+    let a = audit(&data_dir);
+    assert!(a.orphans.is_empty() && a.missing.is_empty(), "{a:?}");
+}
