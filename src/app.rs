@@ -57,12 +57,13 @@ impl App {
         }
         let spool = Spool::open(data.join("spool"), config.storage.durability)?;
         // Bytes left by a stop between a commit and the removal after it (a delete, an
-        // overwrite), or by a single-request upload that never committed.
-        let known = index
-            .upload_ids()
+        // overwrite), by a single-request upload that never committed, or by a chunk whose row
+        // never committed.
+        let owned = index
+            .spool_names()
             .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
         let metrics = Metrics::new();
-        let swept = spool.sweep_orphans(&known)?;
+        let swept = spool.sweep_orphans(&owned)?;
         let lost = forget_lost_chunks(&index, &spool)
             .map_err(|e| io::Error::other(format!("cannot check the spool: {e}")))?;
         metrics.orphans_removed.inc_by((swept + lost) as u64);

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let app = match App::open(cli.config) {
             Ok(app) => app,
             Err(e) => {
@@ -47,20 +48,25 @@ fn main() -> ExitCode {
             .local_addr()
             .expect("a bound socket has an address");
         println!("chunkd listening on http://{addr}");
-        chunkd::serve(app, listener, shutdown_signal()).await;
+        chunkd::serve(app, listener, shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: called before the "listening" line is printed, a signal sent right
+/// after that line is a graceful stop, never the default instant death.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// `chunkd token`: prints a token signed with the server's secret.

@@ -390,8 +390,9 @@ async fn store_classic(
         app.index
             .insert_complete(&file, &id, &wrapped, shape, &rows)?;
         guards.iter_mut().for_each(|g| g.keep());
-        let sealed: u64 = rows.iter().map(|r| crypto::sealed_len(r.len)).sum();
-        app.usage.add(sealed);
+        // Counted in before the reservations go, as a chunk's commit does.
+        app.usage
+            .add(rows.iter().map(|r| crypto::sealed_len(r.len)).sum());
         Ok(())
     })
     .await?;

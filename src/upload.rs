@@ -122,21 +122,17 @@ pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             // A different file under the same identifier must not be told its chunks exist.
             check_same_file(&row, &chunk)?;
             let n = chunk.declared.number;
-            Ok(app.index.chunk(&row.id, n)?.map(|_| (row, n)))
+            if app.index.chunk(&row.id, n)?.is_none() {
+                return Ok(None);
+            }
+            // Read after the chunk: `row` may predate the commit that stored it.
+            let now = app.index.progress(&row.id)?;
+            Ok(now.map(|now| (row, n, now)))
         })
         .await?;
     Ok(match found {
-        Some((row, n)) => {
-            let complete = row.completed_at.is_some();
-            let body = reply(
-                app,
-                &scope,
-                &row,
-                n,
-                row.received,
-                row.shape.total_chunks,
-                complete,
-            );
+        Some((row, n, (received, total, complete))) => {
+            let body = reply(app, &scope, &row, n, received, total, complete);
             json_response(StatusCode::OK, &body)
         }
         None => status_only(StatusCode::NO_CONTENT),
@@ -326,11 +322,17 @@ pub async fn store_chunk(
         if len != stored.len || hash != stored.hash {
             return Err(Error::ChunkDiffers(d.number));
         }
+        // Read again: `row` may predate the commit that stored this chunk (and perhaps
+        // completed the file) while this request was looking it up.
+        let id = row.id.clone();
+        let (received, total, complete) = app
+            .blocking(move |app| app.index.progress(&id)?.ok_or(Error::NotFound("upload")))
+            .await?;
         return Ok(Stored {
             number: d.number,
-            received: row.received,
-            total: row.shape.total_chunks,
-            complete: row.completed_at.is_some(),
+            received,
+            total,
+            complete,
             completed_now: false,
             row,
         });
@@ -361,8 +363,24 @@ pub async fn store_chunk(
                 row: chunk,
                 mut guard,
             } = written;
-            app.spool.finish_chunk(file, &upload_id)?;
-            let commit = app.index.commit_chunk(&upload_id, &d, chunk)?;
+            let done = app
+                .spool
+                .finish_chunk(file, &upload_id)
+                .map_err(Error::from)
+                .and_then(|()| app.index.commit_chunk(&upload_id, &d, chunk));
+            let commit = match done {
+                Ok(commit) => commit,
+                Err(e) => {
+                    drop(guard);
+                    // A delete committed meanwhile: it removed the directory, or this write
+                    // made it again after the removal. The chunk is for a file that is gone.
+                    if !app.index.upload_exists(&upload_id)? {
+                        app.spool.remove_upload(&upload_id)?;
+                        return Err(Error::NotFound("upload"));
+                    }
+                    return Err(e);
+                }
+            };
             if let Commit::Stored {
                 replaced, freed, ..
             } = &commit

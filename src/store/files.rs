@@ -7,12 +7,13 @@
 //! ([`Index::commit_chunk`](super::Index::commit_chunk)), so the old content is served whole until
 //! that instant and an abandoned overwrite never touches it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::UploadRow;
 use super::index::{ChunkRow, FileRow, Index, UPLOAD_COLS, now_ms, opt_i64, upload_from_row};
+use super::spool::{chunk_name, thumb_name};
 use crate::error::{Error, Result};
 use crate::geometry::Shape;
 use crate::protocol::ChunkParams;
@@ -345,7 +346,7 @@ impl Index {
 
     /// Deletes a file and all its uploads, chunks and thumbnails, or returns `None` if there is
     /// no such file. If chunkd stops before the caller removes the bytes, the startup sweep does
-    /// ([`Index::upload_ids`]).
+    /// ([`Index::spool_names`]).
     pub fn delete_file(&self, scope: &str, file_id: &str) -> Result<Option<Removed>> {
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -451,14 +452,33 @@ impl Index {
         Ok(())
     }
 
-    /// Every upload id: the spool directories that may exist.
-    pub fn upload_ids(&self) -> Result<HashSet<String>> {
+    /// Every upload id, with the spool file names of its committed chunks and thumbnails: all
+    /// the spool may hold ([`Spool::sweep_orphans`](super::Spool::sweep_orphans)).
+    pub fn spool_names(&self) -> Result<HashMap<String, HashSet<String>>> {
         let c = self.conn();
+        let mut owned: HashMap<String, HashSet<String>> = HashMap::new();
         let mut st = c.prepare("SELECT id FROM uploads")?;
-        let ids = st
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(ids)
+        for id in st.query_map([], |r| r.get::<_, String>(0))? {
+            owned.insert(id?, HashSet::new());
+        }
+        let mut st = c.prepare(
+            "SELECT upload_id, number, nonce, 0 FROM chunks \
+             UNION ALL SELECT upload_id, idx, nonce, 1 FROM thumbnails",
+        )?;
+        let rows = st.query_map([], |r| {
+            let (n, nonce) = (r.get::<_, i64>(1)?, r.get::<_, i64>(2)? as u64);
+            let name = if r.get::<_, bool>(3)? {
+                thumb_name(n as u32, nonce)
+            } else {
+                chunk_name(n as u64, nonce)
+            };
+            Ok((r.get::<_, String>(0)?, name))
+        })?;
+        for row in rows {
+            let (upload, name) = row?;
+            owned.entry(upload).or_default().insert(name);
+        }
+        Ok(owned)
     }
 
     /// Every stored thumbnail, with its upload's id (for `chunkd verify`).

@@ -335,6 +335,31 @@ impl Index {
         Ok((row, shape))
     }
 
+    /// True while an upload's row exists (a delete or an expiry removes it).
+    pub fn upload_exists(&self, upload_id: &str) -> Result<bool> {
+        let c = self.conn();
+        Ok(c.prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")?
+            .exists([upload_id])?)
+    }
+
+    /// Where an upload stands now: chunks committed, total chunks if known, and whether it is
+    /// complete.
+    pub fn progress(&self, upload_id: &str) -> Result<Option<(u64, Option<u64>, bool)>> {
+        let c = self.conn();
+        Ok(c.query_row(
+            "SELECT received, total_chunks, completed_at IS NOT NULL FROM uploads WHERE id = ?1",
+            [upload_id],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                    r.get(2)?,
+                ))
+            },
+        )
+        .optional()?)
+    }
+
     /// The committed chunk `number` of an upload, if any.
     pub fn chunk(&self, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
         let c = self.conn();

@@ -6,6 +6,7 @@
 //! bytes; the index row decides which one counts. Files whose row never committed are litter,
 //! never data.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,16 @@ use crate::config::Durability;
 pub struct Spool {
     root: PathBuf,
     durability: Durability,
+}
+
+/// The file name of one write of chunk `number`, in its upload's directory.
+pub fn chunk_name(number: u64, nonce: u64) -> String {
+    format!("{number}.{nonce:016x}")
+}
+
+/// The file name of one write of thumbnail `idx`, in its upload's directory.
+pub fn thumb_name(idx: u32, nonce: u64) -> String {
+    format!("t{idx}.{nonce:016x}")
 }
 
 /// Upload ids are chunkd's own UUIDs in simple form; anything else never reaches the disk.
@@ -55,32 +66,35 @@ impl Spool {
 
     /// The file of one write of one chunk.
     pub fn chunk_path(&self, upload_id: &str, number: u64, nonce: u64) -> io::Result<PathBuf> {
-        Ok(self
-            .upload_dir(upload_id)?
-            .join(format!("{number}.{nonce:016x}")))
+        Ok(self.upload_dir(upload_id)?.join(chunk_name(number, nonce)))
     }
 
     /// Creates a fresh chunk file (and the upload's directory on its first chunk).
+    ///
+    /// The directory may vanish between the two steps (a delete racing this write): it is made
+    /// again, and the commit that follows finds the upload gone and removes it.
     pub fn create_chunk(&self, upload_id: &str, number: u64, nonce: u64) -> io::Result<File> {
         let dir = self.upload_dir(upload_id)?;
-        if !dir.exists() {
-            match fs::create_dir(&dir) {
-                Ok(()) => self.sync_dir(&self.root)?,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+        let path = self.chunk_path(upload_id, number, nonce)?;
+        let mut tries = 0;
+        loop {
+            if !dir.exists() {
+                match fs::create_dir(&dir) {
+                    Ok(()) => self.sync_dir(&self.root)?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                other => return other,
             }
         }
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(self.chunk_path(upload_id, number, nonce)?)
     }
 
     /// The file of one write of thumbnail `idx` of an upload's content.
     pub fn thumb_path(&self, upload_id: &str, idx: u32, nonce: u64) -> io::Result<PathBuf> {
-        Ok(self
-            .upload_dir(upload_id)?
-            .join(format!("t{idx}.{nonce:016x}")))
+        Ok(self.upload_dir(upload_id)?.join(thumb_name(idx, nonce)))
     }
 
     /// Writes a whole sealed blob (a thumbnail) to a fresh file, durably as configured.
@@ -92,30 +106,56 @@ impl Spool {
     }
 
     /// Removes an upload's directory and everything in it. Missing is fine: removal is retried
-    /// by the startup sweep, so it may already be gone.
+    /// by the startup sweep, so it may already be gone. A chunk of the removed upload still
+    /// being written may add a file meanwhile; the removal then goes round again.
     pub fn remove_upload(&self, upload_id: &str) -> io::Result<()> {
-        match fs::remove_dir_all(self.upload_dir(upload_id)?) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let dir = self.upload_dir(upload_id)?;
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 3 => tries += 1,
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => return Ok(()),
+            }
         }
     }
 
-    /// Removes every upload directory not in `known` (the index's uploads): what a stop left
-    /// between a commit and the removal that follows it (deletes, overwrites), and chunks of
-    /// single-request uploads that never committed. Returns how many were removed. Call it
-    /// before serving, while nothing writes.
-    pub fn sweep_orphans(&self, known: &std::collections::HashSet<String>) -> io::Result<usize> {
+    /// Removes every spool entry no index row owns, given `owned` (every upload id, with the
+    /// file names of its committed chunks and thumbnails): directories of uploads whose rows
+    /// are gone (a stop between a delete's or an overwrite's commit and the removal after it, a
+    /// single-request upload that never committed), and, inside the directories of live
+    /// uploads, chunk files whose row never committed (a stop while a chunk was being written or
+    /// made durable). Returns how many entries were removed. Call it before serving, while
+    /// nothing writes.
+    pub fn sweep_orphans(&self, owned: &HashMap<String, HashSet<String>>) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if checked_id(name).is_ok() && !known.contains(name) {
+            if checked_id(name).is_err() {
+                continue;
+            }
+            let Some(files) = owned.get(name) else {
                 tracing::warn!(
                     upload_id = name,
                     "removing spool bytes that no index row owns"
                 );
                 fs::remove_dir_all(entry.path())?;
+                removed += 1;
+                continue;
+            };
+            for file in fs::read_dir(entry.path())? {
+                let file = file?;
+                if file.file_name().to_str().is_some_and(|f| files.contains(f)) {
+                    continue;
+                }
+                tracing::warn!(
+                    upload_id = name,
+                    file = ?file.file_name(),
+                    "removing a chunk file whose row never committed"
+                );
+                fs::remove_file(file.path())?;
                 removed += 1;
             }
         }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod binary;
+
 use chunkd::{App, Config};
 use serde_json::Value;
 
