@@ -303,7 +303,7 @@ async fn the_sweeper_removes_abandoned_uploads_only() {
     )
     .unwrap();
     assert!(index.find("", "abandoned").unwrap().is_none());
-    assert_eq!(index.upload_ids().unwrap().len(), 2);
+    assert_eq!(index.all_uploads().unwrap().len(), 2);
 
     // The complete file, however old, and the upload touched recently are whole.
     let st = client.status("active").await;
