@@ -342,7 +342,7 @@ fn check_layout(data: &Path) -> (usize, usize) {
     for (rel, is_dir) in tree(data) {
         let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
         let ok = match parts.as_slice() {
-            ["chunkd.key" | "jwt.secret"] => !is_dir,
+            ["chunkd.key" | "jwt.secret" | "chunkd.lock"] => !is_dir,
             ["index.sqlite" | "index.sqlite-wal" | "index.sqlite-shm" | "index.sqlite-journal"] => {
                 !is_dir
             }
