@@ -62,7 +62,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 return;
             }
         }
-        if let Err(e) = app.blocking(|app| sweep(app)).await {
+        if let Err(e) = app.blocking(sweep).await {
             tracing::warn!(error = %e, "expiry sweep failed; it runs again next interval");
         }
     }

@@ -18,7 +18,7 @@ const SEG: usize = 16 * 1024;
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(
-        s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit()),
+        s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit()),
         "not hex: {s:?}"
     );
     (0..s.len())
