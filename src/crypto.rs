@@ -266,7 +266,10 @@ impl FileCipher {
     /// inside the `aes` crate's backend closures, so it is compiled with the AES instructions
     /// the crate detected at run time (AES-NI here), with no dispatch per block.
     pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
-        assert!(buf.len() % BLOCK == 0, "sealed data must be whole blocks");
+        assert!(
+            buf.len().is_multiple_of(BLOCK),
+            "sealed data must be whole blocks"
+        );
         self.inner.encrypt_with_backend(SealWithInner {
             cipher: self,
             nonce,
@@ -279,7 +282,10 @@ impl FileCipher {
     /// Decrypts, in place, consecutive segments of one chunk starting at segment `first` (the
     /// inverse of [`FileCipher::seal_segments`]; padding is left for the caller to strip).
     pub fn open_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
-        assert!(buf.len() % BLOCK == 0, "sealed data must be whole blocks");
+        assert!(
+            buf.len().is_multiple_of(BLOCK),
+            "sealed data must be whole blocks"
+        );
         for (i, seg) in buf.chunks_mut(SEGMENT).enumerate() {
             let (iv_in, iv_out) = self.segment_ivs(nonce, chunk, first + i as u32);
             cbc_decrypt(&self.outer, &iv_out, seg);

@@ -446,7 +446,7 @@ pub fn read_chunk(
     if hasher.digest() != c.hash {
         return Err(corrupt(format!("chunk {} fails its hash", c.number)));
     }
-    Ok(held.is_none_or(|last| send(last)))
+    Ok(held.is_none_or(send))
 }
 
 /// Checks the PKCS#7 padding after the chunk's last plaintext byte (`plain` bytes into `buf`).

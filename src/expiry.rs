@@ -62,8 +62,26 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 return;
             }
         }
-        if let Err(e) = app.blocking(|app| sweep(app)).await {
+        if let Err(e) = app.blocking(sweep).await {
             tracing::warn!(error = %e, "expiry sweep failed; it runs again next interval");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_follows_expire_after_within_bounds() {
+        let mut limits = crate::Config::for_data_dir("/tmp/x").limits;
+        // 24 h: capped at 10 minutes.
+        assert_eq!(interval(&limits), Duration::from_secs(600));
+        limits.expire_after = Duration::from_secs(60);
+        assert_eq!(interval(&limits), Duration::from_secs(15));
+        limits.expire_after = Duration::from_secs(2);
+        assert_eq!(interval(&limits), Duration::from_secs(1));
+        limits.sweep_interval = Some(Duration::from_secs(42));
+        assert_eq!(interval(&limits), Duration::from_secs(42));
     }
 }

@@ -244,7 +244,7 @@ impl Shape {
             (None, Some(t)) if t > 1 => {
                 let cs = if n < t {
                     len
-                } else if len <= s && (s - len) % (t - 1) == 0 {
+                } else if len <= s && (s - len).is_multiple_of(t - 1) {
                     (s - len) / (t - 1)
                 } else {
                     0

@@ -35,6 +35,8 @@ pub async fn handle(
         path = %loggable_path(req.uri().path()),
     );
     let started = std::time::Instant::now();
+    // Probes and scrapes come every few seconds: their successes are logged at debug only.
+    let routine = ops::PATHS.contains(&req.uri().path());
     let mut resp = {
         // Dropped however the handler ends, even when the client leaves and the future with it.
         let _in_flight = app.metrics.in_flight();
@@ -42,12 +44,13 @@ pub async fn handle(
     };
     let status = resp.status();
     app.metrics.count_response(status.as_u16());
+    let ms = started.elapsed().as_millis() as u64;
     span.in_scope(|| {
-        tracing::info!(
-            status = status.as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "response"
-        )
+        if routine && status.is_success() {
+            tracing::debug!(status = status.as_u16(), ms, "response");
+        } else {
+            tracing::info!(status = status.as_u16(), ms, "response");
+        }
     });
     resp.headers_mut().insert(
         "x-request-id",

@@ -18,7 +18,7 @@ const SEG: usize = 16 * 1024;
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(
-        s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit()),
+        s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit()),
         "not hex: {s:?}"
     );
     (0..s.len())
@@ -342,7 +342,7 @@ fn check_layout(data: &Path) -> (usize, usize) {
     for (rel, is_dir) in tree(data) {
         let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
         let ok = match parts.as_slice() {
-            ["chunkd.key" | "jwt.secret"] => !is_dir,
+            ["chunkd.key" | "jwt.secret" | "chunkd.lock"] => !is_dir,
             ["index.sqlite" | "index.sqlite-wal" | "index.sqlite-shm" | "index.sqlite-journal"] => {
                 !is_dir
             }

@@ -408,4 +408,9 @@ async fn an_expired_overwrite_leaves_the_content_whole() {
     assert_eq!(got.bytes().await.unwrap().to_vec(), v1);
     let m = scrape(&Client::new(&server)).await;
     assert_eq!(get(&m, "chunkd_uploads_expired_total"), 1.0);
+    // The single-request upload counts too, and only the current content stays in the spool.
+    assert_eq!(get(&m, "chunkd_received_chunks_total"), 2.0);
+    assert_eq!(get(&m, "chunkd_received_bytes_total"), 300_000.0);
+    assert_eq!(get(&m, "chunkd_uploads_completed_total"), 1.0);
+    assert_eq!(get(&m, "chunkd_spool_bytes"), (200_000 + 16) as f64);
 }
