@@ -165,6 +165,11 @@ pub struct NetConfig {
     #[arg(long, env = "CHUNKD_HEADER_TIMEOUT", default_value = "30", value_parser = parse_secs)]
     pub header_timeout: Duration,
 
+    /// Longest wait, in seconds, for the next byte of a request body (against clients that
+    /// stall mid-chunk). A chunk cut off so gets 408 and leaves nothing stored.
+    #[arg(long, env = "CHUNKD_BODY_TIMEOUT", default_value = "30", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
     /// On SIGTERM or SIGINT, time in seconds that requests in flight get to finish.
     #[arg(long, env = "CHUNKD_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_secs)]
     pub shutdown_grace: Duration,
@@ -211,6 +216,12 @@ pub struct Limits {
     /// the chunk size, so the default allows chunks of 100 MB and last chunks just under 200 MB.
     #[arg(long, env = "CHUNKD_MAX_CHUNK_SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_chunk_size: u64,
+
+    /// Most incomplete uploads one principal may have at a time: the token's principal with a
+    /// token, else the client's IP address (an IPv6 client's /64). Starting one more gets 429
+    /// with Retry-After; chunks of uploads already started always go on. 0: no limit.
+    #[arg(long, env = "CHUNKD_MAX_OPEN_UPLOADS", default_value_t = 1000)]
+    pub max_open_uploads: u64,
 }
 
 impl StorageConfig {

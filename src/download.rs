@@ -14,13 +14,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Method, Request, Response, StatusCode, header};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::access;
 use crate::app::App;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, RequestBody};
 use crate::crypto::{self, BLOCK, SEGMENT};
 use crate::error::{Error, Result};
 use crate::protocol::Params;
@@ -35,7 +35,7 @@ const IN_FLIGHT: usize = 4;
 /// with a token or a signed link.
 pub async fn download(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     file_id: String,
 ) -> Result<Response<Body>> {
     let query = Params::from_query(req.uri().query())?;
@@ -55,7 +55,7 @@ pub async fn download(
 /// Serves the complete file `file_id` of `scope`, or 404.
 pub async fn serve_file(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     scope: String,
     file_id: String,
 ) -> Result<Response<Body>> {
@@ -87,7 +87,7 @@ fn check_spool(app: &App, file: &FileRow) -> Result<()> {
 }
 
 /// Builds the response for a complete file: headers, conditionals, range, streamed body.
-pub fn serve(app: &Arc<App>, req: &Request<Incoming>, file: FileRow) -> Result<Response<Body>> {
+pub fn serve(app: &Arc<App>, req: &Request<RequestBody>, file: FileRow) -> Result<Response<Body>> {
     let len = file.shape.total_size;
     let etag = format!("\"{}\"", file.upload_id);
     let modified = UNIX_EPOCH + Duration::from_secs((file.completed_at / 1000).max(0) as u64);

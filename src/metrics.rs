@@ -60,7 +60,11 @@ impl Metrics {
             "Plaintext bytes of chunks stored",
             m.bytes_received.clone(),
         );
-        r.register("received_chunks", "Chunks stored", m.chunks_received.clone());
+        r.register(
+            "received_chunks",
+            "Chunks stored",
+            m.chunks_received.clone(),
+        );
         r.register(
             "uploads_started",
             "Uploads that stored their first chunk",
@@ -82,7 +86,11 @@ impl Metrics {
              removed at start",
             m.orphans_removed.clone(),
         );
-        r.register("responses", "Responses sent, by status", m.responses.clone());
+        r.register(
+            "responses",
+            "Responses sent, by status",
+            m.responses.clone(),
+        );
         r.register(
             "requests_in_flight",
             "Requests being handled",

@@ -6,20 +6,27 @@ use std::convert::Infallible;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::access::Peer;
 use crate::app::App;
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::error::{Error, Result};
 use crate::{download, twake, upload};
 
 /// The service function: every request gets a response, errors included, with CORS headers.
+/// `peer` is the client's address as the accept loop saw it.
 pub async fn handle(
     app: Arc<App>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Body>, Infallible> {
+    let mut req = req.map(|b| RequestBody::new(b, app.config.net.body_timeout));
+    req.extensions_mut().insert(Peer(peer.ip()));
     let origin = req.headers().get(header::ORIGIN).cloned();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
@@ -44,7 +51,7 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let path = req.uri().path().to_string();
     let upload_path = app.config.net.upload_path.as_str();
     let method = req.method().clone();
@@ -83,7 +90,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         Method::GET | Method::HEAD => {
             static_file(&app.config.net.static_dir, &path, method == Method::HEAD).await
         }
-        _ => Err(Error::NotFound("route")),
+        // Every other path is the static tree's, which only reads.
+        _ => Err(Error::MethodNotAllowed {
+            allow: "GET, HEAD, OPTIONS",
+        }),
     }
 }
 

@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::access;
 use crate::app::App;
-use crate::body::{Body, json_response, status_only};
+use crate::body::{Body, RequestBody, json_response, status_only};
 use crate::crypto::{self, FileCipher, FileKeys, SEGMENT};
 use crate::error::{Error, Result};
 use crate::geometry::Expect;
@@ -95,7 +94,7 @@ fn reply(
 
 /// `GET {upload-path}`: 200 with the chunk reply if chunk n is committed, 204 if not. Never 404:
 /// Flow.js aborts the whole upload on one.
-pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn probe(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let params = Params::from_query(req.uri().query())?;
     let scope = access::core_scope(app, req.headers(), None)?;
     let chunk = params.chunk(None)?;
@@ -146,7 +145,7 @@ struct StatusReply {
 }
 
 /// `GET {upload-path}/status?resumableIdentifier=X`.
-pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn status(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let id = Params::from_query(req.uri().query())?.identifier()?;
     let scope = access::core_scope(app, req.headers(), None)?;
     let reply = app
@@ -174,8 +173,9 @@ pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
 }
 
 /// `POST {upload-path}` (or `PUT`): stores one chunk, multipart or raw.
-pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn post_chunk(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let scope = access::core_scope(app, req.headers(), None)?;
+    let owner = access::owner(&scope, req.extensions().get::<access::Peer>());
     let (parts, body) = req.into_parts();
     let mut params = Params::from_query(parts.uri.query())?;
     let mut source = ChunkBody::open_checked(app, &parts.headers, body, &mut params).await?;
@@ -183,6 +183,7 @@ pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Respon
         Ok(chunk) => {
             let target = Target::Identifier {
                 scope: scope.clone(),
+                owner,
             };
             store_chunk(app, target, chunk, &mut source).await
         }
@@ -210,8 +211,8 @@ pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Respon
 /// Where a chunk goes.
 pub enum Target {
     /// The upload under the request's identifier in this scope, created by its first chunk
-    /// (the chunk endpoint).
-    Identifier { scope: String },
+    /// (the chunk endpoint); a new one counts against `owner` ([`access::owner`]).
+    Identifier { scope: String, owner: String },
     /// The upload in progress of a file created beforehand (Files API). A complete file takes
     /// a new upload, an overwrite, only if `may_overwrite`.
     File {
@@ -255,9 +256,11 @@ pub async fn store_chunk(
         .blocking(move |app| {
             let keys = || app.key.wrap(&FileKeys::generate());
             let (row, shape) = match target {
-                Target::Identifier { scope } => app
-                    .index
-                    .find_or_create(&scope, &req, || (new_id(), new_id(), keys()))?,
+                Target::Identifier { scope, owner } => {
+                    let quota = (owner.as_str(), app.config.limits.max_open_uploads);
+                    app.index
+                        .find_or_create(&scope, &req, quota, || (new_id(), new_id(), keys()))?
+                }
                 Target::File {
                     scope,
                     file_id,
@@ -286,6 +289,24 @@ pub async fn store_chunk(
         (Expect::AtMost(_), Some(cur)) => cur,
         _ => expect.max(),
     };
+    // A raw body's length is known from its Content-Length: a wrong one is refused before a
+    // byte is read or a spool file made.
+    if let Some(len) = source.known_len() {
+        if len > max {
+            return Err(Error::Geometry(format!(
+                "chunk {} may hold {max} bytes, but the body has {len}",
+                d.number
+            )));
+        }
+        if let Some(cur) = d.current_size
+            && cur != len
+        {
+            return Err(Error::Geometry(format!(
+                "chunk {} declared {cur} bytes, but the body has {len}",
+                d.number
+            )));
+        }
+    }
 
     if let Some(stored) = existing {
         // Sent again: check it is the same bytes, store nothing.
@@ -497,7 +518,7 @@ pub struct ChunkBody {
 // One lives per request, in its task: boxing the larger variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Source {
-    Raw(Incoming),
+    Raw(RequestBody),
     Part {
         multipart: multer::Multipart<'static>,
         field: Option<multer::Field<'static>>,
@@ -508,7 +529,7 @@ fn multipart_error(e: multer::Error) -> Error {
     match e {
         multer::Error::StreamSizeExceeded { limit }
         | multer::Error::FieldSizeExceeded { limit, .. } => Error::BodyTooLarge(limit),
-        multer::Error::StreamReadFailed(e) => Error::BodyRead(e.to_string()),
+        multer::Error::StreamReadFailed(e) => Error::from_boxed_body(&*e),
         other => Error::Multipart(other.to_string()),
     }
 }
@@ -539,7 +560,7 @@ impl ChunkBody {
     pub async fn open_checked(
         app: &App,
         headers: &hyper::HeaderMap,
-        body: Incoming,
+        body: RequestBody,
         params: &mut Params,
     ) -> Result<ChunkBody> {
         let limit = app.config.limits.max_chunk_size;
@@ -558,7 +579,7 @@ impl ChunkBody {
     /// sends octet chunks with the file's own type).
     pub async fn open(
         headers: &hyper::HeaderMap,
-        body: Incoming,
+        body: RequestBody,
         limit: u64,
         params: &mut Params,
     ) -> Result<ChunkBody> {
@@ -614,6 +635,15 @@ impl ChunkBody {
         }
     }
 
+    /// The exact length of a raw body that declared one (`Content-Length`).
+    pub fn known_len(&self) -> Option<u64> {
+        use hyper::body::Body as _;
+        match (&self.source, &self.stash) {
+            (Source::Raw(body), None) => body.size_hint().exact(),
+            _ => None,
+        }
+    }
+
     /// The next piece of the chunk's bytes.
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
         if let Some(b) = self.stash.take() {
@@ -623,7 +653,7 @@ impl ChunkBody {
             Source::Raw(body) => loop {
                 match body.frame().await {
                     None => return Ok(None),
-                    Some(Err(e)) => return Err(Error::BodyRead(e.to_string())),
+                    Some(Err(e)) => return Err(e.into()),
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data()
                             && !data.is_empty()
