@@ -1,0 +1,638 @@
+//! Hostile and malformed input over real TCP: oversize and lying bodies, slow clients, the
+//! connection limit, the open-upload limit, hostile strings and numbers, broken multipart,
+//! duplicate keys and methods. Every case must get a precise 4xx with the JSON error body and
+//! leave nothing stored: no spool file, no chunk row (checked in the index itself, opened
+//! read-only).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chunkd::Config;
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn start(edit: impl FnOnce(&mut Config)) -> (tempfile::TempDir, TestServer, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(dir.path().join("data"));
+    edit(&mut config);
+    let server = TestServer::start_with(config);
+    let client = Client::new(&server);
+    (dir, server, client)
+}
+
+/// What the index and the spool hold.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    spool_files: usize,
+    chunks: i64,
+    /// Uploads with at least one chunk, or complete.
+    started: i64,
+}
+
+fn held(data: &Path) -> Held {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("index.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    Held {
+        spool_files: spool_files(data).len(),
+        chunks: count("SELECT COUNT(*) FROM chunks"),
+        started: count(
+            "SELECT COUNT(*) FROM uploads WHERE received > 0 OR completed_at IS NOT NULL",
+        ),
+    }
+}
+
+fn nothing() -> Held {
+    Held {
+        spool_files: 0,
+        chunks: 0,
+        started: 0,
+    }
+}
+
+/// Checks a JSON error reply: the status, the code, and a message.
+#[track_caller]
+fn assert_error(r: &Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.json);
+    assert_eq!(r.json["error"], code, "{what}: {}", r.json);
+    assert!(
+        !r.json["message"].as_str().unwrap_or("").is_empty(),
+        "{what}: {}",
+        r.json
+    );
+    assert_eq!(
+        r.headers.get("content-type").map(|v| v.to_str().unwrap()),
+        Some("application/json"),
+        "{what}"
+    );
+}
+
+/// An answer read off a raw socket.
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    head: String,
+    json: Value,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response (headers and a Content-Length body) within `wait`.
+async fn read_reply(s: &mut (impl AsyncRead + Unpin), wait: Duration) -> Option<RawReply> {
+    let mut buf = Vec::new();
+    let read = async {
+        let mut piece = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let status = head[9..12].parse().unwrap();
+                    let json =
+                        serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or(Value::Null);
+                    return Some(RawReply { status, head, json });
+                }
+            }
+            match s.read(&mut piece).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&piece[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(wait, read).await.ok().flatten()
+}
+
+/// True once the server has closed `s` (EOF or reset), within `wait`.
+async fn closed_within(s: &mut (impl AsyncRead + Unpin), wait: Duration) -> bool {
+    let mut piece = [0u8; 4096];
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut piece)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sends `head`, then `piece` over and over (up to `max` bytes of pieces), while reading the
+/// answer. Returns the answer and how many piece bytes went out before the server stopped
+/// taking them (a reset, a broken pipe, or a second without progress: nobody reads).
+async fn flood(
+    addr: std::net::SocketAddr,
+    head: &[u8],
+    piece: &[u8],
+    max: usize,
+) -> (Option<RawReply>, usize) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(head).await.unwrap();
+    let writer = async move {
+        let mut sent = 0usize;
+        while sent < max {
+            match tokio::time::timeout(Duration::from_secs(1), wr.write_all(piece)).await {
+                Ok(Ok(())) => sent += piece.len(),
+                _ => break,
+            }
+        }
+        sent
+    };
+    let reader = async move { read_reply(&mut rd, Duration::from_secs(20)).await };
+    let (sent, reply) = tokio::join!(writer, reader);
+    (reply, sent)
+}
+
+/// One HTTP/1.1 chunked-encoding frame.
+fn frame(data: &[u8]) -> Vec<u8> {
+    let mut f = format!("{:x}\r\n", data.len()).into_bytes();
+    f.extend_from_slice(data);
+    f.extend_from_slice(b"\r\n");
+    f
+}
+
+fn chunk_head(query: &str, extra: &str) -> String {
+    format!("POST /upload?{query} HTTP/1.1\r\nHost: t\r\n{extra}\r\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Oversize bodies, and bodies that are not the length they declare.
+
+/// Bytes a flood may push before the server's refusal shows: socket buffers on both sides,
+/// and the few megabytes the server reads to deliver its answer to a client still sending.
+const SWALLOW: usize = 48 << 20;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_bodies_are_cut_off_early_whatever_their_framing() {
+    let (dir, server, _client) = start(|c| c.limits.max_chunk_size = 1 << 20);
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("big", data(10_000, 1), 10_000);
+    let junk = vec![7u8; 64 * 1024];
+
+    // By Content-Length: refused from the headers alone (413), the connection closed.
+    let head = chunk_head(
+        &up.query(1),
+        "Content-Type: application/octet-stream\r\nContent-Length: 10000000000\r\n",
+    );
+    let (r, sent) = flood(server.addr, head.as_bytes(), &junk, 1 << 30).await;
+    let r = r.expect("an answer");
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.json["error"], "body_too_large");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(sent < SWALLOW, "the server swallowed {sent} bytes");
+
+    // By chunked encoding there is no length to refuse: the body is cut at the first byte the
+    // chunk cannot hold. That is a 400 (the chunk breaks the cutting rule, and 400 is final for
+    // both libraries, where Resumable.js retries a 413 a hundred times).
+    let head = chunk_head(
+        &up.query(1),
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n",
+    );
+    let (r, sent) = flood(server.addr, head.as_bytes(), &frame(&junk), 1 << 30).await;
+    let r = r.expect("an answer");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (400, Some("bad_geometry")),
+        "{r:?}"
+    );
+    assert!(sent < SWALLOW, "the server swallowed {sent} bytes");
+
+    // The same inside a chunked multipart body's file part.
+    let mut head = chunk_head(
+        &up.query(1),
+        "Content-Type: multipart/form-data; boundary=BOUND\r\nTransfer-Encoding: chunked\r\n",
+    )
+    .into_bytes();
+    head.extend(frame(
+        b"--BOUND\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b\"\r\n\r\n",
+    ));
+    let (r, sent) = flood(server.addr, &head, &frame(&junk), 1 << 30).await;
+    let r = r.expect("an answer");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (400, Some("bad_geometry")),
+        "{r:?}"
+    );
+    assert!(sent < SWALLOW, "the server swallowed {sent} bytes");
+
+    // A chunked multipart body whose fields before the file part pass --max-chunk-size plus the
+    // framing allowance: the whole-stream limit answers 413.
+    let mut head = chunk_head(
+        &up.query(1),
+        "Content-Type: multipart/form-data; boundary=BOUND\r\nTransfer-Encoding: chunked\r\n",
+    )
+    .into_bytes();
+    head.extend(frame(b"--BOUND"));
+    let field = format!(
+        "\r\nContent-Disposition: form-data; name=\"pad\"\r\n\r\n{}\r\n--BOUND",
+        "p".repeat(60_000)
+    );
+    let (r, sent) = flood(server.addr, &head, &frame(field.as_bytes()), 1 << 30).await;
+    let r = r.expect("an answer");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (413, Some("body_too_large")),
+        "{r:?}"
+    );
+    assert!(sent < SWALLOW, "the server swallowed {sent} bytes");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held(&data_dir), nothing());
+    // The server is fine afterwards.
+    let c = Client::new(&server);
+    let done = c.send(&up, 1, Via::Octet).await;
+    assert_eq!(done.json["complete"], true, "{}", done.json);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_shorter_or_longer_than_they_declare_store_nothing() {
+    let (dir, server, client) = start(|_| {});
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("len", data(30_000, 2), 10_000); // 3 chunks of 10,000
+    let c1 = up.chunk(1).to_vec();
+    let octet = |len: usize| {
+        chunk_head(
+            &up.query(1),
+            &format!("Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n"),
+        )
+    };
+    // Content-Length against resumableCurrentChunkSize (10,000): refused before reading.
+    for len in [9_000usize, 10_010, 0] {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(octet(len).as_bytes()).await.unwrap();
+        let r = read_reply(&mut s, Duration::from_secs(5))
+            .await
+            .expect("answered before any body byte");
+        assert_eq!(r.status, 400, "Content-Length {len}: {r:?}");
+        assert_eq!(r.json["error"], "bad_geometry");
+    }
+    // A body that ends before its Content-Length: the client half-closes after 5,000 bytes.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(octet(10_000).as_bytes()).await.unwrap();
+    s.write_all(&c1[..5_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let r = read_reply(&mut s, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (400, Some("body_read_failed")),
+        "{r:?}"
+    );
+    // Declared sizes the bytes do not match, with no Content-Length (chunked): cut off.
+    for (declared, body) in [("10000", &c1[..9_999]), ("9999", &c1[..9_999])] {
+        let q = up.query(1).replace(
+            "resumableCurrentChunkSize=10000",
+            &format!("resumableCurrentChunkSize={declared}"),
+        );
+        let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(body.to_vec())]);
+        let r = client
+            .http
+            .post(format!("{}/upload?{q}", client.base))
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap();
+        let reply = Reply {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            json: r.json().await.unwrap_or(Value::Null),
+        };
+        assert_error(&reply, 400, "bad_geometry", &format!("declared {declared}"));
+    }
+    assert_eq!(held(&data_dir), nothing());
+
+    // A body longer than its Content-Length: the request is the declared bytes, and what
+    // follows is read as the next request on the connection, which is not HTTP: hyper answers
+    // that one with a bare 400 and closes. The chunk itself is stored, whole and right.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(octet(10_000).as_bytes()).await.unwrap();
+    s.write_all(&c1).await.unwrap();
+    s.write_all(b"these bytes are not HTTP\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_reply(&mut s, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json["received"], 1);
+    let next = read_reply(&mut s, Duration::from_secs(5)).await;
+    assert!(next.as_ref().is_none_or(|n| n.status == 400), "{next:?}");
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    let rest = client.upload_in_order(&up, &[2, 3], Via::Octet).await;
+    assert_eq!(client.download(&rest.file_id()).await, *up.data);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Slow clients.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_headers_are_cut_off_at_the_header_timeout() {
+    let (_dir, server, client) = start(|c| c.net.header_timeout = Duration::from_secs(1));
+    // Headers trickled a byte every 100 ms: progress does not extend the deadline.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let t0 = Instant::now();
+    let head = b"GET /upload/status?resumableIdentifier=x HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed = false;
+    for b in head.iter() {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut s, Duration::from_millis(100)).await {
+            closed = true;
+            break;
+        }
+    }
+    let took = t0.elapsed();
+    assert!(closed, "the trickle went on for {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    // A connection that sends nothing at all is closed too.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let t0 = Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    // So is an idle keep-alive connection after a request: it holds no slot forever.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /upload/status?resumableIdentifier=x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_reply(&mut s, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    // Ordinary clients are unaffected.
+    assert_eq!(client.status("x").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_body_gets_408_and_leaves_nothing() {
+    let (dir, server, client) = start(|c| c.net.body_timeout = Duration::from_secs(1));
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("stall", data(20_000, 3), 10_000);
+    let c1 = up.chunk(1).to_vec();
+    let part = |body: &[u8]| {
+        let mut v = b"--B\r\nContent-Disposition: form-data; name=\"resumableChunkNumber\"\r\n\r\n1\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s\"\r\n\r\n".to_vec();
+        v.extend_from_slice(body);
+        v.extend_from_slice(b"\r\n--B--\r\n");
+        v
+    };
+    let whole = part(&c1);
+    // (what, content type, declared length, bytes sent before the stall)
+    let cases: Vec<(&str, &str, usize, Vec<u8>)> = vec![
+        (
+            "octet, mid-chunk",
+            "application/octet-stream",
+            c1.len(),
+            c1[..4_000].to_vec(),
+        ),
+        (
+            "octet, no byte",
+            "application/octet-stream",
+            c1.len(),
+            vec![],
+        ),
+        (
+            "multipart, in the fields",
+            "multipart/form-data; boundary=B",
+            whole.len(),
+            whole[..20].to_vec(),
+        ),
+        (
+            "multipart, in the file part",
+            "multipart/form-data; boundary=B",
+            whole.len(),
+            whole[..5_000].to_vec(),
+        ),
+    ];
+    for (what, ctype, len, sent) in cases {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let head = chunk_head(
+            &up.query(1),
+            &format!("Content-Type: {ctype}\r\nContent-Length: {len}\r\n"),
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&sent).await.unwrap();
+        let t0 = Instant::now();
+        let r = read_reply(&mut s, Duration::from_secs(10))
+            .await
+            .expect(what);
+        let took = t0.elapsed();
+        assert_eq!(r.status, 408, "{what}: {r:?}");
+        assert_eq!(r.json["error"], "body_timeout", "{what}");
+        assert_eq!(r.header("connection"), Some("close"), "{what}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{what}: {took:?}"
+        );
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)).await,
+            "{what}"
+        );
+        // The partial spool file is gone as soon as the answer is out.
+        assert_eq!(held(&data_dir), nothing(), "{what}");
+    }
+    // A slow body that keeps moving is not idle: 10 pieces 300 ms apart (3 s in all).
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let head = chunk_head(
+        &up.query(1),
+        &format!(
+            "Content-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+            c1.len()
+        ),
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for piece in c1.chunks(1_000) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(piece).await.unwrap();
+    }
+    let r = read_reply(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let done = client.send(&up, 2, Via::Octet).await;
+    assert_eq!(client.download(&done.file_id()).await, *up.data);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The connection limit.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_connection_limit_a_client_waits_in_the_accept_queue() {
+    let (_dir, server, _client) = start(|c| c.net.max_connections = 2);
+    let req = b"GET /upload/status?resumableIdentifier=q HTTP/1.1\r\nHost: t\r\n\r\n";
+    // Two keep-alive connections take both slots.
+    let mut held_open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        assert_eq!(
+            read_reply(&mut s, Duration::from_secs(2))
+                .await
+                .unwrap()
+                .status,
+            404
+        );
+        held_open.push(s);
+    }
+    // A third connects (the kernel accepts it) but is not served while both are held.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(req).await.unwrap();
+    assert!(
+        read_reply(&mut third, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "served past the limit"
+    );
+    // One slot frees: the waiting client is served, with nothing lost of its request.
+    drop(held_open.pop());
+    let r = read_reply(&mut third, Duration::from_secs(5))
+        .await
+        .expect("served once a slot freed");
+    assert_eq!(r.status, 404);
+    drop(third);
+    drop(held_open);
+    // And the server recovers fully: many connections in a row, then at once. (This client
+    // closes each connection after its request: an idle keep-alive connection holds its slot
+    // until the header timeout closes it.)
+    let client = Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+        base: server.url(""),
+    };
+    for _ in 0..20 {
+        assert_eq!(client.status("q").await.status, 404);
+    }
+    let many = futures_util::future::join_all((0..10).map(|_| client.status("q"))).await;
+    assert!(many.iter().all(|r| r.status == 404));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Open uploads per principal.
+
+const SECRET: &str = "a test secret that is long enough for HS256 use";
+
+fn token(sub: &str, company: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = chunkd::auth::Claims {
+        sub: sub.into(),
+        exp: now + 3600,
+        nbf: None,
+        iat: Some(now),
+        companies: vec![company.into()],
+        application_id: None,
+    };
+    chunkd::auth::JwtKey::new(SECRET.as_bytes())
+        .unwrap()
+        .mint(&claims)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_past_its_open_uploads_gets_429_and_its_uploads_go_on() {
+    let (dir, _server, client) = start(|c| c.limits.max_open_uploads = 3);
+    let data_dir = dir.path().join("data");
+    let ups: Vec<Upload> = (0..4)
+        .map(|i| Upload::new(&format!("open-{i}"), data(20_000, i), 10_000))
+        .collect();
+    for up in &ups[..3] {
+        assert_eq!(client.send(up, 1, Via::Octet).await.status, 200);
+    }
+    let before = held(&data_dir);
+    for via in [Via::Octet, Via::MultipartForm] {
+        let r = client.send(&ups[3], 1, via).await;
+        assert_error(&r, 429, "too_many_uploads", "a fourth upload");
+        assert_eq!(r.headers["retry-after"], "60");
+    }
+    assert_eq!(held(&data_dir), before, "the refused upload stored nothing");
+    assert_eq!(client.status("open-3").await.status, 404);
+    // A probe creates nothing, so it is never refused.
+    assert_eq!(client.probe(&ups[3], 1).await.status, 204);
+    // Chunks of the uploads already open go on; completing one frees a slot.
+    let done = client.send(&ups[0], 2, Via::Octet).await;
+    assert_eq!(done.json["complete"], true);
+    assert_eq!(client.send(&ups[3], 1, Via::Octet).await.status, 200);
+    assert_eq!(
+        client.send(&ups[1], 2, Via::MultipartBoth).await.status,
+        200
+    );
+    for up in [&ups[2], &ups[3]] {
+        let r = client.send(up, 2, Via::Octet).await;
+        assert_eq!(client.download(&r.file_id()).await, *up.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_open_upload_limit_is_per_token_principal() {
+    let (_dir, server, _client) = start(|c| {
+        c.limits.max_open_uploads = 2;
+        c.auth.require_auth = true;
+        c.auth.secret.value = Some(SECRET.into());
+    });
+    let http = reqwest::Client::new();
+    let send = |who: &str, up: &Upload| {
+        http.post(format!("{}?{}", server.url("/upload"), up.query(1)))
+            .bearer_auth(token(who, "acme"))
+            .header("content-type", "application/octet-stream")
+            .body(up.chunk(1).to_vec())
+            .send()
+    };
+    let up = |i: u64| Upload::new(&format!("p-{i}"), data(20_000, i), 10_000);
+    for i in 0..2 {
+        assert_eq!(send("alice", &up(i)).await.unwrap().status(), 200);
+    }
+    let r = send("alice", &up(2)).await.unwrap();
+    assert_eq!(r.status(), 429);
+    // Another principal on the same address has its own allowance.
+    for i in 0..2 {
+        assert_eq!(send("bob", &up(i)).await.unwrap().status(), 200);
+    }
+    assert_eq!(send("bob", &up(2)).await.unwrap().status(), 429);
+
+    // The Files API counts files created and not yet complete, per token principal.
+    let api = format!(
+        "{}/internal/services/files/v1/companies/acme/files",
+        server.url("")
+    );
+    let create = |who: &str| {
+        http.post(format!("{api}?filename=a.bin&total_size=10"))
+            .bearer_auth(token(who, "acme"))
+            .body("{}")
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(create("carol").await.unwrap().status(), 200);
+    }
+    let r = create("carol").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["error"], "too_many_uploads");
+    assert_eq!(create("dave").await.unwrap().status(), 200);
+}
