@@ -636,3 +636,445 @@ async fn the_open_upload_limit_is_per_token_principal() {
     assert_eq!(j["error"], "too_many_uploads");
     assert_eq!(create("dave").await.unwrap().status(), 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Hostile strings, encodings, numbers, multipart shapes, duplicate keys, methods.
+
+/// Sends chunk `n` of `up` with some parameters replaced (`None` removes one), as an octet body
+/// (parameters in the query) or as Flow.js multipart (parameters in the form only).
+async fn send_edited(
+    client: &Client,
+    up: &Upload,
+    n: usize,
+    edit: &[(&str, Option<&str>)],
+    via: Via,
+) -> Reply {
+    let mut params = up.params(n);
+    for (k, v) in edit {
+        params.retain(|(pk, _)| pk != k);
+        if let Some(v) = v {
+            params.push((k.to_string(), v.to_string()));
+        }
+    }
+    let url = format!("{}/upload", client.base);
+    let req = if via == Via::Octet {
+        let q = serde_urlencoded::to_string(&params).unwrap();
+        client
+            .http
+            .post(format!("{url}?{q}"))
+            .header("content-type", "application/octet-stream")
+            .body(up.chunk(n).to_vec())
+    } else {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in params {
+            form = form.text(k, v);
+        }
+        let part = reqwest::multipart::Part::bytes(up.chunk(n).to_vec()).file_name("f");
+        client.http.post(url).multipart(form.part("file", part))
+    };
+    let r = req.send().await.unwrap();
+    Reply {
+        status: r.status().as_u16(),
+        headers: r.headers().clone(),
+        json: r.json().await.unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_strings_are_refused_or_kept_as_data_never_as_paths() {
+    let (dir, server, client) = start(|_| {});
+    let data_dir = dir.path().join("data");
+    let long = |n: usize| "a".repeat(n);
+    let fields = [
+        ("resumableIdentifier", 1024),
+        ("resumableFilename", 1024),
+        ("resumableRelativePath", 4096),
+        ("resumableType", 255),
+    ];
+    let mut case = 0;
+    for (field, max) in fields {
+        let bad = [
+            "a\0b".to_string(),
+            "a\nb".into(),
+            "a\rb".into(),
+            "\u{1b}[31mred".into(),
+            "a\u{7f}b".into(),
+            "a\u{85}b".into(),
+            "tab\there".into(),
+            long(max + 1),
+        ];
+        for value in &bad {
+            for via in [Via::Octet, Via::MultipartForm] {
+                case += 1;
+                let up = Upload::new(&format!("h-{case}"), data(5_000, case), 10_000);
+                let r = send_edited(&client, &up, 1, &[(field, Some(value))], via).await;
+                let what = format!("{field}={:?} via {via:?}", &value[..value.len().min(12)]);
+                assert_error(&r, 400, "invalid_parameter", &what);
+                assert!(
+                    r.json["message"].as_str().unwrap().contains(field),
+                    "{what}"
+                );
+            }
+        }
+        // The longest accepted value is accepted.
+        case += 1;
+        let up = Upload::new(&format!("h-{case}"), data(5_000, case), 10_000);
+        let r = send_edited(&client, &up, 1, &[(field, Some(&long(max)))], Via::Octet).await;
+        assert_eq!(r.status, 200, "{field} of {max} bytes: {}", r.json);
+    }
+    let stored_before = held(&data_dir);
+    assert_eq!(
+        stored_before.chunks, 4,
+        "only the four longest-value uploads stored"
+    );
+
+    // `..`, `/` and `\` are data: kept as sent, never a path.
+    let mut up = Upload::new("../../../../tmp/evil/..", data(25_000, 9), 10_000);
+    up.filename = "../../etc/pass\"wd; x=.html".into();
+    let mut edit_rel = [("resumableRelativePath", Some("/etc/../..\\x/y"))];
+    for n in 1..=up.total_chunks() {
+        let r = send_edited(&client, &up, n, &edit_rel, Via::Octet).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        edit_rel = [("resumableRelativePath", Some("/etc/../..\\x/y"))];
+    }
+    let st = client.status(&up.identifier).await;
+    assert_eq!(st.json["identifier"], up.identifier.as_str());
+    assert_eq!(st.json["filename"], up.filename.as_str());
+    let resp = client
+        .http
+        .get(format!(
+            "{}/files/{}",
+            client.base,
+            st.json["file_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let cd = resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(resp.bytes().await.unwrap(), *up.data);
+    assert!(
+        cd.starts_with("attachment; filename=\"pass_wd_ x=.html\"; filename*=UTF-8''"),
+        "{cd}"
+    );
+    // Nothing but chunkd's own names in the spool, and nothing outside the data directory.
+    for f in spool_files(&data_dir) {
+        let rel = f.strip_prefix(data_dir.join("spool")).unwrap();
+        let parts: Vec<_> = rel
+            .iter()
+            .map(|p| p.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(parts.len(), 2, "{rel:?}");
+        assert!(
+            parts[0].len() == 32 && parts[0].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{rel:?}"
+        );
+        let (n, nonce) = parts[1].split_once('.').unwrap();
+        assert!(n.parse::<u64>().is_ok() && nonce.len() == 16, "{rel:?}");
+    }
+    let top: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(top, vec![std::ffi::OsString::from("data")]);
+
+    // Ids in paths: never a path, never found by a trick.
+    for path in [
+        "/files/..%2Fspool",
+        "/files/../index.sqlite",
+        "/files/%00",
+        "/files/%2e%2e",
+        &format!("/files/{}", long(5000)),
+        "/..%2Fdata%2Findex.sqlite",
+        "/%2e%2e/Cargo.toml",
+        "/.hidden",
+        "/a%5C..%5C..%5Cetc",
+    ] {
+        // Over a raw socket: an HTTP client library would normalise the dots away.
+        let r = raw_request(server.addr, "GET", path, "").await;
+        assert_eq!(
+            (r.status, r.json["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {r:?}"
+        );
+    }
+}
+
+/// One request on a fresh connection, exactly as written (no normalisation of the path).
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+) -> RawReply {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_reply(&mut s, Duration::from_secs(10))
+        .await
+        .expect("an answer")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_strings_in_the_files_api() {
+    let (_dir, server, _client) = start(|c| c.auth.secret.value = Some(SECRET.into()));
+    let http = reqwest::Client::new();
+    let base = server.url("/internal/services/files/v1/companies");
+    let call = |method: reqwest::Method, url: String, who: &str| {
+        http.request(method, url)
+            .bearer_auth(token(who, "acme"))
+            .body("{}")
+            .send()
+    };
+    let reply = |r: reqwest::Response| async move {
+        Reply {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            json: r.json().await.unwrap_or(Value::Null),
+        }
+    };
+    use reqwest::Method;
+    // Company and file ids in the path: control characters, invalid UTF-8, too long.
+    let auth = format!("Authorization: Bearer {}\r\n", token("u", "acme"));
+    for (path, status, code) in [
+        ("/ac%00me/files", 400, "invalid_parameter"),
+        ("/ac%0Ame/files", 400, "invalid_parameter"),
+        ("/ac%FFme/files", 400, "invalid_parameter"),
+        (
+            &format!("/{}/files", "c".repeat(300)) as &str,
+            400,
+            "invalid_parameter",
+        ),
+        ("/..%2Facme/files", 404, "not_found"),
+        ("/%2e%2e/files", 403, "forbidden"),
+        ("/../files", 403, "forbidden"),
+        ("/acme/files/%00", 400, "invalid_parameter"),
+        ("/acme/files/a%2Fb", 404, "not_found"),
+        ("/acme/files/..", 404, "not_found"),
+        (
+            &format!("/acme/files/{}", "f".repeat(300)) as &str,
+            400,
+            "invalid_parameter",
+        ),
+    ] {
+        let method = if path.ends_with("/files") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let full = format!("/internal/services/files/v1/companies{path}");
+        let r = raw_request(server.addr, method, &full, &auth).await;
+        assert_eq!(
+            (r.status, r.json["error"].as_str()),
+            (status, Some(code)),
+            "{path}: {r:?}"
+        );
+    }
+    // Filename and type on creation.
+    for q in [
+        "filename=a%00b",
+        "filename=a%0D%0Ab",
+        &format!("filename={}", "n".repeat(1025)) as &str,
+        "type=text%2Fplain%0A",
+        &format!("type={}", "t".repeat(256)),
+        "filename=%FF",
+        "filename=%zz",
+        "total_size=-1",
+        "total_size=18446744073709551616",
+        "total_chunks=1e3",
+    ] {
+        let r = reply(
+            call(Method::POST, format!("{base}/acme/files?{q}"), "u")
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(&r, 400, "invalid_parameter", q);
+    }
+    let r = reply(
+        call(
+            Method::POST,
+            format!("{base}/acme/files?total_size=18446744073709551615"),
+            "u",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_error(&r, 400, "file_too_large", "total_size 2^64-1");
+    // A hostile name is kept as data, and its download is still a safe attachment.
+    let r = reply(
+        call(
+            Method::POST,
+            format!(
+                "{base}/acme/files?filename=..%2F..%2Fx%22%3B.html&total_size=3&total_chunks=1"
+            ),
+            "u",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["resource"]["metadata"]["name"], "../../x\";.html");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_encodings_are_refused() {
+    let (dir, server, client) = start(|_| {});
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("enc", data(5_000, 4), 10_000);
+    let q = up.query(1);
+    for (extra, what) in [
+        ("&x=%ff", "invalid UTF-8 once decoded"),
+        ("&x=%C3%28", "a broken two-byte sequence"),
+        ("&x=%ED%A0%80", "an encoded surrogate"),
+        ("&x=%zz", "not hex"),
+        ("&x=%4", "one hex digit"),
+        ("&x=%", "a lone %"),
+        ("&%ff=1", "in a key"),
+    ] {
+        for probe in [false, true] {
+            let url = format!("{}/upload?{q}{extra}", client.base);
+            let req = if probe {
+                client.http.get(url)
+            } else {
+                client
+                    .http
+                    .post(url)
+                    .header("content-type", "application/octet-stream")
+                    .body(up.chunk(1).to_vec())
+            };
+            let r = req.send().await.unwrap();
+            let r = Reply {
+                status: r.status().as_u16(),
+                headers: r.headers().clone(),
+                json: r.json().await.unwrap_or(Value::Null),
+            };
+            assert_error(&r, 400, "invalid_parameter", what);
+        }
+    }
+    // Raw bytes that are not UTF-8 (nor even legal in a URI) in the request line: hyper refuses
+    // the request before chunkd sees it, with a bare 400.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /upload?resumableIdentifier=\xff\xfe HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_reply(&mut s, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 400);
+    // A multipart text field that is not UTF-8.
+    let mut body = b"--B\r\nContent-Disposition: form-data; name=\"flowFilename\"\r\n\r\n\xff\xfe\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n".to_vec();
+    body.extend_from_slice(up.chunk(1));
+    body.extend_from_slice(b"\r\n--B--\r\n");
+    let r = client
+        .http
+        .post(format!("{}/upload?{q}", client.base))
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "malformed_multipart"
+    );
+    assert_eq!(held(&data_dir), nothing());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_numbers_in_every_numeric_parameter() {
+    let (dir, _server, client) = start(|_| {});
+    let data_dir = dir.path().join("data");
+    let numeric = [
+        "resumableChunkNumber",
+        "resumableChunkSize",
+        "resumableCurrentChunkSize",
+        "resumableTotalSize",
+        "resumableTotalChunks",
+    ];
+    let mut case = 0u64;
+    let mut fresh = || {
+        case += 1;
+        // 2 chunks: 10,000 and 15,000 bytes.
+        Upload::new(&format!("num-{case}"), data(25_000, case), 10_000)
+    };
+    for field in numeric {
+        for v in [
+            "18446744073709551616",
+            "99999999999999999999999999",
+            "-1",
+            "-0",
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "0x10",
+            "1e3",
+            "",
+            "\u{0661}",
+            "1,000",
+        ] {
+            let up = fresh();
+            let r = send_edited(&client, &up, 1, &[(field, Some(v))], Via::Octet).await;
+            assert_error(&r, 400, "invalid_parameter", &format!("{field}={v:?}"));
+        }
+    }
+    // Well-formed but absurd: zero, 10^12, 2^64-1.
+    for (field, v, code) in [
+        ("resumableChunkNumber", "0", "bad_geometry"),
+        (
+            "resumableChunkNumber",
+            "18446744073709551615",
+            "bad_geometry",
+        ),
+        ("resumableChunkNumber", "4294967296", "bad_geometry"),
+        ("resumableChunkSize", "0", "bad_geometry"),
+        ("resumableChunkSize", "18446744073709551615", "bad_geometry"),
+        ("resumableCurrentChunkSize", "0", "bad_geometry"),
+        (
+            "resumableCurrentChunkSize",
+            "18446744073709551615",
+            "bad_geometry",
+        ),
+        ("resumableTotalSize", "0", "bad_geometry"),
+        (
+            "resumableTotalSize",
+            "18446744073709551615",
+            "file_too_large",
+        ),
+        ("resumableTotalChunks", "0", "bad_geometry"),
+        ("resumableTotalChunks", "1000000000000", "bad_geometry"),
+        (
+            "resumableTotalChunks",
+            "18446744073709551615",
+            "bad_geometry",
+        ),
+    ] {
+        for via in [Via::Octet, Via::MultipartForm] {
+            let up = fresh();
+            let r = send_edited(&client, &up, 1, &[(field, Some(v))], via).await;
+            assert_error(&r, 400, code, &format!("{field}={v} via {via:?}"));
+        }
+    }
+    // A Twake-style upload declaring 10^12 chunks of an 8-byte file.
+    let up = fresh();
+    let r = send_edited(
+        &client,
+        &up,
+        1,
+        &[
+            ("resumableChunkSize", None),
+            ("resumableCurrentChunkSize", None),
+            ("resumableTotalChunks", Some("1000000000000")),
+        ],
+        Via::Octet,
+    )
+    .await;
+    assert_error(&r, 400, "bad_geometry", "10^12 chunks without a chunk size");
+    assert_eq!(held(&data_dir), nothing());
+}
