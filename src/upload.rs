@@ -37,6 +37,39 @@ const MAX_FIELD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 64;
 /// Multipart framing allowed on top of the largest chunk.
 const MULTIPART_SLACK: u64 = 1 << 20;
+/// Longest field name accepted in a multipart body.
+const MAX_FIELD_NAME: usize = 1024;
+/// Most bytes read before the file part, and after it: the fields, the part headers and the
+/// delimiters. multer buffers a part's headers whole until their end, so without this bound a
+/// body that never ends its headers would be held in memory up to the whole-stream limit.
+const MAX_PRELUDE: u64 = (MAX_FIELDS * (MAX_FIELD + MAX_FIELD_NAME)) as u64 + (1 << 20);
+
+/// The bytes multer may still pull from the body, changed as the reading moves from the fields
+/// (bounded) to the file part (the whole-stream limit only) to the end (bounded again).
+#[derive(Clone, Default)]
+struct Budget(Arc<std::sync::Mutex<(u64, u64)>>);
+
+/// The marker error of a spent [`Budget`].
+#[derive(Debug, thiserror::Error)]
+#[error("more than {0} bytes of form fields and part headers")]
+struct PreludeTooLarge(u64);
+
+impl Budget {
+    fn pulled(&self, n: usize) -> std::result::Result<(), PreludeTooLarge> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += n as u64;
+        if g.0 > g.1 {
+            return Err(PreludeTooLarge(MAX_PRELUDE));
+        }
+        Ok(())
+    }
+
+    /// Allows `more` bytes beyond those pulled so far (`None`: no bound of its own).
+    fn allow(&self, more: Option<u64>) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 = more.map_or(u64::MAX, |m| g.0.saturating_add(m));
+    }
+}
 
 /// What every probe and chunk response says, so that any of them lets a client find the file.
 #[derive(Debug, Serialize)]
@@ -522,6 +555,7 @@ enum Source {
     Part {
         multipart: multer::Multipart<'static>,
         field: Option<multer::Field<'static>>,
+        budget: Budget,
     },
 }
 
@@ -529,7 +563,10 @@ fn multipart_error(e: multer::Error) -> Error {
     match e {
         multer::Error::StreamSizeExceeded { limit }
         | multer::Error::FieldSizeExceeded { limit, .. } => Error::BodyTooLarge(limit),
-        multer::Error::StreamReadFailed(e) => Error::from_boxed_body(&*e),
+        multer::Error::StreamReadFailed(e) => match e.downcast_ref::<PreludeTooLarge>() {
+            Some(p) => Error::Multipart(p.to_string()),
+            None => Error::from_boxed_body(&*e),
+        },
         other => Error::Multipart(other.to_string()),
     }
 }
@@ -598,8 +635,17 @@ impl ChunkBody {
                 .map_err(|_| Error::Multipart("no boundary in the Content-Type".into()))?;
             let constraints = multer::Constraints::new()
                 .size_limit(multer::SizeLimit::new().whole_stream(limit + MULTIPART_SLACK));
-            let mut multipart =
-                multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+            let budget = Budget::default();
+            budget.allow(Some(MAX_PRELUDE));
+            let counted = {
+                let budget = budget.clone();
+                futures_util::StreamExt::map(body.into_data_stream(), move |r| {
+                    let data = r.map_err(crate::body::BoxError::from)?;
+                    budget.pulled(data.len())?;
+                    Ok::<_, crate::body::BoxError>(data)
+                })
+            };
+            let mut multipart = multer::Multipart::with_constraints(counted, boundary, constraints);
             let field = loop {
                 let field = multipart
                     .next_field()
@@ -610,12 +656,19 @@ impl ChunkBody {
                     break field;
                 }
                 let name = field.name().unwrap_or("").to_string();
+                if name.len() > MAX_FIELD_NAME {
+                    return Err(Error::Multipart(format!(
+                        "a field name is longer than {MAX_FIELD_NAME} bytes"
+                    )));
+                }
                 let value = read_text_field(field).await?;
                 params.form.push((name, value));
                 if params.form.len() > MAX_FIELDS {
                     return Err(Error::Multipart(format!("more than {MAX_FIELDS} fields")));
                 }
             };
+            // The file part's bytes are bounded by the geometry and the whole-stream limit.
+            budget.allow(None);
             let part_name = field.file_name().map(str::to_string);
             let part_type = field.content_type().map(|m| m.essence_str().to_string());
             Ok(ChunkBody {
@@ -624,6 +677,7 @@ impl ChunkBody {
                 ..ChunkBody::from(Source::Part {
                     multipart,
                     field: Some(field),
+                    budget,
                 })
             })
         } else if essence.starts_with("multipart/")
@@ -678,8 +732,15 @@ impl ChunkBody {
 
     /// After the chunk's bytes: a multipart body must end with the file part.
     pub async fn finish(&mut self) -> Result<()> {
-        if let Source::Part { multipart, field } = &mut self.source {
+        if let Source::Part {
+            multipart,
+            field,
+            budget,
+        } = &mut self.source
+        {
             debug_assert!(field.is_none());
+            // The closing delimiter, or the headers of a part that has no business there.
+            budget.allow(Some(MAX_FIELD as u64));
             if multipart
                 .next_field()
                 .await

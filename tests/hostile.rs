@@ -115,10 +115,19 @@ async fn read_reply(s: &mut (impl AsyncRead + Unpin), wait: Duration) -> Option<
                 }
             }
             match s.read(&mut piece).await {
-                Ok(0) | Err(_) => return None,
+                Ok(0) | Err(_) => break,
                 Ok(n) => buf.extend_from_slice(&piece[..n]),
             }
         }
+        // Closed: whatever head arrived (a HEAD answer has a length but no body).
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let status = head.get(9..12)?.parse().ok()?;
+        Some(RawReply {
+            status,
+            head,
+            json: Value::Null,
+        })
     };
     tokio::time::timeout(wait, read).await.ok().flatten()
 }
@@ -1077,4 +1086,319 @@ async fn hostile_numbers_in_every_numeric_parameter() {
     .await;
     assert_error(&r, 400, "bad_geometry", "10^12 chunks without a chunk size");
     assert_eq!(held(&data_dir), nothing());
+}
+
+/// A multipart body by hand: `parts` are (headers, body) between `--B` delimiters.
+fn multipart(parts: &[(&str, &[u8])], close: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (head, body) in parts {
+        v.extend_from_slice(b"--B\r\n");
+        v.extend_from_slice(head.as_bytes());
+        v.extend_from_slice(b"\r\n\r\n");
+        v.extend_from_slice(body);
+        v.extend_from_slice(b"\r\n");
+    }
+    if close {
+        v.extend_from_slice(b"--B--\r\n");
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_multipart_bodies_store_nothing() {
+    let (dir, _server, client) = start(|_| {});
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("mp", data(5_000, 5), 10_000);
+    let c1 = up.chunk(1);
+    let file = "Content-Disposition: form-data; name=\"file\"; filename=\"f\"";
+    let field = |name: &str| format!("Content-Disposition: form-data; name=\"{name}\"");
+    let big = "v".repeat(70_000);
+    let long_name = field(&"n".repeat(100_000));
+    let many: Vec<(String, &[u8])> = (0..70)
+        .map(|i| (field(&format!("f{i}")), &b"1"[..]))
+        .collect();
+    let many: Vec<(&str, &[u8])> = many.iter().map(|(h, b)| (h.as_str(), *b)).collect();
+    let mut truncated = multipart(&[(file, c1)], true);
+    truncated.truncate(truncated.len() - 12);
+    // (what, content type, body, error code)
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        (
+            "two file parts",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[(file, c1), (file, c1)], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a field after the file part",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[(file, c1), (&field("x"), b"1")], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "no file part",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[(&field("x"), b"1")], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a boundary the body does not use",
+            "multipart/form-data; boundary=OTHER".into(),
+            multipart(&[(file, c1)], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "no boundary",
+            "multipart/form-data".into(),
+            multipart(&[(file, c1)], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "an empty boundary",
+            "multipart/form-data; boundary=".into(),
+            multipart(&[(file, c1)], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a truncated body",
+            "multipart/form-data; boundary=B".into(),
+            truncated,
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "no closing delimiter",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[(file, c1)], false),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "an empty body",
+            "multipart/form-data; boundary=B".into(),
+            vec![],
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "garbage",
+            "multipart/form-data; boundary=B".into(),
+            b"\x00\x01garbage\r\n\r\n".to_vec(),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a part with no headers",
+            "multipart/form-data; boundary=B".into(),
+            b"--B\r\n\r\nxx\r\n--B--\r\n".to_vec(),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a field over 64 KiB",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[(&field("x"), big.as_bytes()), (file, c1)], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a field name of 100 kB",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[(&long_name, b"1"), (file, c1)], true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "70 fields",
+            "multipart/form-data; boundary=B".into(),
+            multipart(&[many, vec![(file, c1)]].concat(), true),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            "a form-encoded body",
+            "application/x-www-form-urlencoded".into(),
+            b"a=b".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "multipart/mixed",
+            "multipart/mixed; boundary=B".into(),
+            multipart(&[(file, c1)], true),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (what, ctype, body, status, code) in cases {
+        let r = client
+            .http
+            .post(format!("{}/upload?{}", client.base, up.query(1)))
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let r = Reply {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            json: r.json().await.unwrap_or(Value::Null),
+        };
+        assert_error(&r, status, code, what);
+        assert_eq!(held(&data_dir), nothing(), "{what}");
+    }
+    // Part headers that never end: multer would buffer them whole, so chunkd stops feeding it
+    // after a few megabytes of fields and headers.
+    let mut head = chunk_head(
+        &up.query(1),
+        "Content-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\n",
+    )
+    .into_bytes();
+    head.extend(frame(
+        b"--B\r\nContent-Disposition: form-data; name=\"x\"\r\nX-Pad: ",
+    ));
+    let (r, sent) = flood(_server.addr, &head, &frame(&[b'p'; 65536]), 1 << 30).await;
+    let r = r.expect("an answer");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (400, Some("malformed_multipart")),
+        "{r:?}"
+    );
+    assert!(sent < SWALLOW, "the server took {sent} bytes of headers");
+    assert_eq!(held(&data_dir), nothing());
+    // The well-formed body goes through.
+    let ok = multipart(&[(&field("resumableChunkNumber"), b"1"), (file, c1)], true);
+    let r = client
+        .http
+        .post(format!("{}/upload?{}", client.base, up.query(1)))
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_keys_with_different_values_are_refused() {
+    let (dir, _server, client) = start(|_| {});
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("dupkeys", data(5_000, 6), 10_000);
+    let q = up.query(1);
+    for (extra, field) in [
+        ("&resumableChunkNumber=2", "resumableChunkNumber"),
+        ("&resumableIdentifier=other", "resumableIdentifier"),
+        ("&flowIdentifier=other", "resumableIdentifier"),
+        ("&resumableTotalSize=5001", "resumableTotalSize"),
+        ("&total_size=4999", "resumableTotalSize"),
+        ("&resumableFilename=b.bin", "resumableFilename"),
+        ("&resumableType=text%2Fhtml", "resumableType"),
+    ] {
+        for probe in [true, false] {
+            let url = format!("{}/upload?{q}{extra}", client.base);
+            let r = if probe {
+                client.http.get(url)
+            } else {
+                client
+                    .http
+                    .post(url)
+                    .header("content-type", "application/octet-stream")
+                    .body(up.chunk(1).to_vec())
+            }
+            .send()
+            .await
+            .unwrap();
+            let r = Reply {
+                status: r.status().as_u16(),
+                headers: r.headers().clone(),
+                json: r.json().await.unwrap_or(Value::Null),
+            };
+            assert_error(&r, 400, "invalid_parameter", extra);
+            assert!(
+                r.json["message"].as_str().unwrap().contains(field),
+                "{extra}: {}",
+                r.json
+            );
+        }
+    }
+    // Form and query disagreeing (Resumable.js sends both).
+    let r = send_edited(&client, &up, 1, &[], Via::MultipartForm).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let up2 = Upload::new("dupkeys-2", data(5_000, 7), 10_000);
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in up2.params(1) {
+        form = form.text(k, v);
+    }
+    form = form
+        .text("resumableChunkNumber", "1")
+        .text("flowChunkNumber", "2");
+    let part = reqwest::multipart::Part::bytes(up2.chunk(1).to_vec()).file_name("f");
+    let r = client
+        .http
+        .post(format!("{}/upload?{}", client.base, up2.query(1)))
+        .multipart(form.part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(held(&data_dir).chunks, 1);
+    // The same value twice is not a conflict.
+    let up3 = Upload::new("dupkeys-3", data(5_000, 8), 10_000);
+    let r = client
+        .http
+        .post(format!(
+            "{}/upload?{}&resumableChunkNumber=1&flowIdentifier=dupkeys-3",
+            client.base,
+            up3.query(1)
+        ))
+        .header("content-type", "application/octet-stream")
+        .body(up3.chunk(1).to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_path_answers_other_methods_with_405_and_allow() {
+    let (_dir, server, _client) = start(|c| c.auth.secret.value = Some(SECRET.into()));
+    let api = "/internal/services/files/v1/companies/acme/files";
+    let paths: Vec<(String, &str)> = vec![
+        ("/upload".into(), "GET, HEAD, POST, PUT, OPTIONS"),
+        ("/upload/status".into(), "GET, HEAD, OPTIONS"),
+        ("/files/abc".into(), "GET, HEAD, OPTIONS"),
+        (api.into(), "POST, OPTIONS"),
+        (
+            format!("{api}/abc"),
+            "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+        ),
+        (format!("{api}/abc/download"), "GET, HEAD, OPTIONS"),
+        (format!("{api}/abc/thumbnails/0"), "GET, HEAD, OPTIONS"),
+        ("/".into(), "GET, HEAD, OPTIONS"),
+        ("/index.html".into(), "GET, HEAD, OPTIONS"),
+        ("/no/such/page".into(), "GET, HEAD, OPTIONS"),
+    ];
+    let all = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "TRACE", "FOO",
+    ];
+    for (path, allow) in &paths {
+        let allowed: Vec<&str> = allow.split(", ").collect();
+        for m in all {
+            let r = raw_request(server.addr, m, path, "Content-Length: 0\r\n").await;
+            if allowed.contains(&m) {
+                assert_ne!(r.status, 405, "{m} {path}");
+            } else {
+                assert_eq!(r.status, 405, "{m} {path}: {r:?}");
+                assert_eq!(r.header("allow"), Some(*allow), "{m} {path}");
+                if m != "HEAD" {
+                    assert_eq!(r.json["error"], "method_not_allowed", "{m} {path}");
+                }
+            }
+        }
+    }
 }
