@@ -740,11 +740,10 @@ async fn hostile_strings_are_refused_or_kept_as_data_never_as_paths() {
     // `..`, `/` and `\` are data: kept as sent, never a path.
     let mut up = Upload::new("../../../../tmp/evil/..", data(25_000, 9), 10_000);
     up.filename = "../../etc/pass\"wd; x=.html".into();
-    let mut edit_rel = [("resumableRelativePath", Some("/etc/../..\\x/y"))];
+    let rel = [("resumableRelativePath", Some("/etc/../..\\x/y"))];
     for n in 1..=up.total_chunks() {
-        let r = send_edited(&client, &up, n, &edit_rel, Via::Octet).await;
+        let r = send_edited(&client, &up, n, &rel, Via::Octet).await;
         assert_eq!(r.status, 200, "{}", r.json);
-        edit_rel = [("resumableRelativePath", Some("/etc/../..\\x/y"))];
     }
     let st = client.status(&up.identifier).await;
     assert_eq!(st.json["identifier"], up.identifier.as_str());
@@ -1106,7 +1105,7 @@ fn multipart(parts: &[(&str, &[u8])], close: bool) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_multipart_bodies_store_nothing() {
-    let (dir, _server, client) = start(|_| {});
+    let (dir, server, client) = start(|_| {});
     let data_dir = dir.path().join("data");
     let up = Upload::new("mp", data(5_000, 5), 10_000);
     let c1 = up.chunk(1);
@@ -1262,7 +1261,7 @@ async fn malformed_multipart_bodies_store_nothing() {
     head.extend(frame(
         b"--B\r\nContent-Disposition: form-data; name=\"x\"\r\nX-Pad: ",
     ));
-    let (r, sent) = flood(_server.addr, &head, &frame(&[b'p'; 65536]), 1 << 30).await;
+    let (r, sent) = flood(server.addr, &head, &frame(&[b'p'; 65536]), 1 << 30).await;
     let r = r.expect("an answer");
     assert_eq!(
         (r.status, r.json["error"].as_str()),
@@ -1400,5 +1399,49 @@ async fn every_path_answers_other_methods_with_405_and_allow() {
                 }
             }
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_body_gets_408_on_the_files_api_too() {
+    let (dir, server, _client) = start(|c| {
+        c.net.body_timeout = Duration::from_secs(1);
+        c.auth.secret.value = Some(SECRET.into());
+    });
+    let data_dir = dir.path().join("data");
+    let api = "/internal/services/files/v1/companies/acme/files";
+    let auth = format!("Authorization: Bearer {}\r\n", token("u", "acme"));
+    let classic = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\nsome bytes";
+    // (what, content type, declared length, bytes sent before the stall)
+    let cases: Vec<(&str, &str, usize, &[u8])> = vec![
+        (
+            "the creation call's JSON body",
+            "application/json",
+            100,
+            b"{",
+        ),
+        (
+            "a single-request upload",
+            "multipart/form-data; boundary=B",
+            100_000,
+            classic,
+        ),
+    ];
+    for (what, ctype, len, sent) in cases {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST {api} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let r = read_reply(&mut s, Duration::from_secs(10))
+            .await
+            .expect(what);
+        assert_eq!(
+            (r.status, r.json["error"].as_str()),
+            (408, Some("body_timeout")),
+            "{what}: {r:?}"
+        );
+        assert_eq!(held(&data_dir), nothing(), "{what}");
     }
 }
