@@ -134,8 +134,8 @@ fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
     let mut lost = Vec::new();
     for (upload, c) in index.incomplete_chunks()? {
         let path = spool.chunk_path(&upload, c.number, c.nonce)?;
-        let ok =
-            std::fs::metadata(&path).is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
+        let ok = std::fs::metadata(&path)
+            .is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
         if !ok {
             tracing::warn!(upload_id = %upload, chunk = c.number, "chunk bytes missing; it will be asked for again");
             lost.push((upload, c.number));

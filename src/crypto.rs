@@ -337,11 +337,7 @@ impl<I: BlockCipherEncBackend<BlockSize = U16>> BlockCipherEncClosure for SealWi
             let mut prev_out: [u128; LANES] = std::array::from_fn(|l| to_u128(&iv_out[l]));
             // Lanes are in order and only the last can be short: the live ones are a prefix.
             let last_rows = (group.len() - (lanes - 1) * SEGMENT) / BLOCK;
-            let rows = if lanes > 1 {
-                SEGMENT / BLOCK
-            } else {
-                last_rows
-            };
+            let rows = if lanes > 1 { SEGMENT / BLOCK } else { last_rows };
             for r in 0..rows {
                 if r < last_rows && lanes == LANES {
                     // The common case, with a constant lane count the compiler unrolls.
@@ -493,12 +489,7 @@ mod tests {
         // The upload path seals a chunk in batches of whole segments, passing the first segment
         // number of each: any cut must give the bytes of one pass over the whole chunk.
         let fc = FileCipher::new(&global(), &FileKeys::generate());
-        for len in [
-            17 * SEGMENT + 4096,
-            16 * SEGMENT,
-            8 * SEGMENT + 16,
-            23 * SEGMENT + 48,
-        ] {
+        for len in [17 * SEGMENT + 4096, 16 * SEGMENT, 8 * SEGMENT + 16, 23 * SEGMENT + 48] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
             let mut whole = plain.clone();
             fc.seal_segments(9, 4, 0, &mut whole);

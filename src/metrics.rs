@@ -60,11 +60,7 @@ impl Metrics {
             "Plaintext bytes of chunks stored",
             m.bytes_received.clone(),
         );
-        r.register(
-            "received_chunks",
-            "Chunks stored",
-            m.chunks_received.clone(),
-        );
+        r.register("received_chunks", "Chunks stored", m.chunks_received.clone());
         r.register(
             "uploads_started",
             "Uploads that stored their first chunk",
@@ -86,11 +82,7 @@ impl Metrics {
              removed at start",
             m.orphans_removed.clone(),
         );
-        r.register(
-            "responses",
-            "Responses sent, by status",
-            m.responses.clone(),
-        );
+        r.register("responses", "Responses sent, by status", m.responses.clone());
         r.register(
             "requests_in_flight",
             "Requests being handled",
