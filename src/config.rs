@@ -199,7 +199,7 @@ pub struct StorageConfig {
 #[derive(Args, Debug, Clone)]
 pub struct Limits {
     /// Largest file accepted (suffixes K, M, G, T for powers of 1000, KiB, MiB, GiB, TiB).
-    #[arg(long, env = "CHUNKD_MAX_FILE_SIZE", default_value = "64GiB", value_parser = parse_size)]
+    #[arg(long, env = "CHUNKD_MAX_FILE_SIZE", default_value = "64GiB", value_parser = parse_file_size)]
     pub max_file_size: u64,
 
     /// Most bytes the spool may hold (encrypted chunks and thumbnails); a chunk that would pass
@@ -303,6 +303,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is out of range"))
 }
 
+/// A file size limit: a size the index can store (SQLite integers are signed 64-bit), so that no
+/// accepted file's size can wrap.
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    parse_size(s).and_then(|v| {
+        if v > i64::MAX as u64 {
+            Err(format!(
+                "`{s}` is out of range (at most {} bytes)",
+                i64::MAX
+            ))
+        } else {
+            Ok(v)
+        }
+    })
+}
+
 /// Parses `1048576`, `100MB`, `64GiB`, `1.5G`...
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -341,6 +356,13 @@ mod tests {
         assert_eq!(parse_size("12345").unwrap(), 12345);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
+        assert_eq!(parse_file_size("64GiB").unwrap(), 64 << 30);
+        assert_eq!(
+            parse_file_size("8000000T").unwrap(),
+            8_000_000_000_000_000_000
+        );
+        assert!(parse_file_size("9300000T").is_err());
+        assert!(parse_file_size("18446744073709551615").is_err());
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("0").is_err());
