@@ -165,6 +165,11 @@ pub struct NetConfig {
     #[arg(long, env = "CHUNKD_HEADER_TIMEOUT", default_value = "30", value_parser = parse_secs)]
     pub header_timeout: Duration,
 
+    /// Longest wait, in seconds, for the next byte of a request body (against clients that
+    /// stall mid-chunk). A chunk cut off so gets 408 and leaves nothing stored.
+    #[arg(long, env = "CHUNKD_BODY_TIMEOUT", default_value = "30", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
     /// On SIGTERM or SIGINT, time in seconds that requests in flight get to finish.
     #[arg(long, env = "CHUNKD_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_secs)]
     pub shutdown_grace: Duration,
@@ -194,7 +199,7 @@ pub struct StorageConfig {
 #[derive(Args, Debug, Clone)]
 pub struct Limits {
     /// Largest file accepted (suffixes K, M, G, T for powers of 1000, KiB, MiB, GiB, TiB).
-    #[arg(long, env = "CHUNKD_MAX_FILE_SIZE", default_value = "64GiB", value_parser = parse_size)]
+    #[arg(long, env = "CHUNKD_MAX_FILE_SIZE", default_value = "64GiB", value_parser = parse_file_size)]
     pub max_file_size: u64,
 
     /// Most bytes the spool may hold (encrypted chunks and thumbnails); a chunk that would pass
@@ -216,6 +221,12 @@ pub struct Limits {
     /// the chunk size, so the default allows chunks of 100 MB and last chunks just under 200 MB.
     #[arg(long, env = "CHUNKD_MAX_CHUNK_SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_chunk_size: u64,
+
+    /// Most incomplete uploads one principal may have at a time: the token's principal with a
+    /// token, else the client's IP address (an IPv6 client's /64). Starting one more gets 429
+    /// with Retry-After; chunks of uploads already started always go on. 0: no limit.
+    #[arg(long, env = "CHUNKD_MAX_OPEN_UPLOADS", default_value_t = 1000)]
+    pub max_open_uploads: u64,
 }
 
 impl StorageConfig {
@@ -298,6 +309,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is out of range"))
 }
 
+/// A file size limit: a size the index can store (SQLite integers are signed 64-bit), so that no
+/// accepted file's size can wrap.
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    parse_size(s).and_then(|v| {
+        if v > i64::MAX as u64 {
+            Err(format!(
+                "`{s}` is out of range (at most {} bytes)",
+                i64::MAX
+            ))
+        } else {
+            Ok(v)
+        }
+    })
+}
+
 /// Parses `1048576`, `100MB`, `64GiB`, `1.5G`...
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -336,6 +362,13 @@ mod tests {
         assert_eq!(parse_size("12345").unwrap(), 12345);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
+        assert_eq!(parse_file_size("64GiB").unwrap(), 64 << 30);
+        assert_eq!(
+            parse_file_size("8000000T").unwrap(),
+            8_000_000_000_000_000_000
+        );
+        assert!(parse_file_size("9300000T").is_err());
+        assert!(parse_file_size("18446744073709551615").is_err());
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("0").is_err());

@@ -14,13 +14,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Method, Request, Response, StatusCode, header};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::access;
 use crate::app::App;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, RequestBody};
 use crate::crypto::{self, BLOCK, FileCipher, SEGMENT};
 use crate::error::{Error, Result};
 use crate::previews;
@@ -36,7 +36,7 @@ const IN_FLIGHT: usize = 4;
 /// with a token or a signed link.
 pub async fn download(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     file_id: String,
 ) -> Result<Response<Body>> {
     let scope = readable_scope(app, &req, &file_id)?;
@@ -46,7 +46,7 @@ pub async fn download(
 /// `GET` or `HEAD /files/{id}/thumbnails/{index}`: the same rules as the download.
 pub async fn thumbnail(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     file_id: String,
     idx: u32,
 ) -> Result<Response<Body>> {
@@ -56,7 +56,7 @@ pub async fn thumbnail(
 
 /// The scope a `/files/{id}…` request reads in: the anonymous one, or with `--require-auth` the
 /// caller's (a token in the header or `?token=`), or the one a signed link names.
-fn readable_scope(app: &App, req: &Request<Incoming>, file_id: &str) -> Result<String> {
+fn readable_scope(app: &App, req: &Request<RequestBody>, file_id: &str) -> Result<String> {
     if !app.config.auth.require_auth {
         return Ok(access::ANONYMOUS.to_string());
     }
@@ -73,7 +73,7 @@ fn readable_scope(app: &App, req: &Request<Incoming>, file_id: &str) -> Result<S
 /// Serves the complete file `file_id` of `scope`, or 404.
 pub async fn serve_file(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     scope: String,
     file_id: String,
 ) -> Result<Response<Body>> {
@@ -93,7 +93,7 @@ pub async fn serve_file(
 /// Serves thumbnail `idx` of the file `file_id` of `scope`, decrypted and verified, or 404.
 pub async fn serve_thumbnail(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     scope: String,
     file_id: String,
     idx: u32,
@@ -141,7 +141,7 @@ fn check_spool(app: &App, file: &FileRow) -> Result<()> {
 }
 
 /// Builds the response for a complete file: headers, conditionals, range, streamed body.
-pub fn serve(app: &Arc<App>, req: &Request<Incoming>, file: FileRow) -> Result<Response<Body>> {
+pub fn serve(app: &Arc<App>, req: &Request<RequestBody>, file: FileRow) -> Result<Response<Body>> {
     let len = file.shape.total_size;
     let etag = format!("\"{}\"", file.upload_id);
     let modified = UNIX_EPOCH + Duration::from_secs((file.completed_at / 1000).max(0) as u64);

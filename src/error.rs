@@ -9,7 +9,7 @@ use std::io;
 
 use hyper::{Response, StatusCode, header};
 
-use crate::body::{Body, json_response};
+use crate::body::{Body, BodyError, json_response};
 
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,15 @@ pub enum Error {
     /// The client stopped sending, or sent a broken body.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// The client sent no byte of the body for `--body-timeout` seconds.
+    #[error("the client sent no byte of the body for {0} s")]
+    BodyTimeout(u64),
+    /// The caller has `--max-open-uploads` incomplete uploads already: finish or abandon one
+    /// (incomplete uploads expire) before starting another.
+    #[error(
+        "too many incomplete uploads: at most {0} at a time; finish one before starting another"
+    )]
+    TooManyUploads(u64),
     /// No valid credentials: a missing, malformed, wrongly signed or expired token.
     #[error("{0}")]
     Unauthorized(String),
@@ -100,6 +109,8 @@ impl Error {
             | Multipart(_)
             | BodyRead(_) => StatusCode::BAD_REQUEST,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            TooManyUploads(_) => StatusCode::TOO_MANY_REQUESTS,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
@@ -125,6 +136,8 @@ impl Error {
             UnsupportedMediaType(_) => "unsupported_media_type",
             Multipart(_) => "malformed_multipart",
             BodyRead(_) => "body_read_failed",
+            BodyTimeout(_) => "body_timeout",
+            TooManyUploads(_) => "too_many_uploads",
             Unauthorized(_) => "unauthorized",
             Forbidden(_) => "forbidden",
             NotFound(_) => "not_found",
@@ -161,6 +174,10 @@ impl Error {
             Error::DiskFull | Error::Busy | Error::NotReady(_) | Error::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             }
+            Error::TooManyUploads(_) => {
+                // Slots free up as uploads complete or expire: not within seconds.
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+            }
             Error::Unauthorized(_) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
@@ -181,6 +198,25 @@ impl Error {
         Error::InvalidParam {
             name,
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<BodyError> for Error {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Idle(d) => Error::BodyTimeout(d.as_secs()),
+            BodyError::Read(e) => Error::BodyRead(e.to_string()),
+        }
+    }
+}
+
+impl Error {
+    /// A body error that came back boxed through a body adapter (multer, `Limited`).
+    pub fn from_boxed_body(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Self {
+        match e.downcast_ref::<BodyError>() {
+            Some(BodyError::Idle(d)) => Error::BodyTimeout(d.as_secs()),
+            _ => Error::BodyRead(e.to_string()),
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   * [`auth`]: HS256 tokens and signed links; [`access`]: who may see which scope.
 //!   * [`previews`]: thumbnails made after completion; [`thumbs`]: the decoding itself.
 //! * [`error`]: the one error enum, and the one place errors become responses.
-//! * [`body`]: the one response body type.
+//! * [`body`]: the one response body type, and the one request body type (the body idle
+//!   timeout).
 //! * [`ops`]: `/healthz`, `/readyz` and `/metrics` ([`metrics`]); [`expiry`]: the sweeper of
 //!   abandoned uploads; [`verify`]: the offline check of a data directory.
 //! * [`config`] and [`app`]: flags, and the state they open.

@@ -6,13 +6,16 @@ use std::convert::Infallible;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
+use crate::access::Peer;
 use crate::app::App;
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::error::{Error, Result};
 use crate::{download, ops, twake, upload};
 
@@ -23,8 +26,11 @@ use crate::{download, ops, twake, upload};
 /// `sig=`), is counted in flight while its handler runs, and its status is counted and logged
 /// on the way out. The id goes back in `X-Request-Id`, so that a client's report finds the log
 /// lines.
+///
+/// `peer` is the client's address as the accept loop saw it.
 pub async fn handle(
     app: Arc<App>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Body>, Infallible> {
     let id = request_id();
@@ -40,7 +46,7 @@ pub async fn handle(
     let mut resp = {
         // Dropped however the handler ends, even when the client leaves and the future with it.
         let _in_flight = app.metrics.in_flight();
-        respond(&app, req).instrument(span.clone()).await
+        respond(&app, peer, req).instrument(span.clone()).await
     };
     let status = resp.status();
     app.metrics.count_response(status.as_u16());
@@ -74,7 +80,9 @@ fn loggable_path(path: &str) -> &str {
 }
 
 /// Routes one request and turns an error into its response, with CORS headers.
-async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn respond(app: &Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let mut req = req.map(|b| RequestBody::new(b, app.config.net.body_timeout));
+    req.extensions_mut().insert(Peer(peer.ip()));
     let origin = req.headers().get(header::ORIGIN).cloned();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
@@ -99,7 +107,7 @@ async fn respond(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let path = req.uri().path().to_string();
     let upload_path = app.config.net.upload_path.as_str();
     let method = req.method().clone();
@@ -150,7 +158,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         Method::GET | Method::HEAD => {
             static_file(&app.config.net.static_dir, &path, method == Method::HEAD).await
         }
-        _ => Err(Error::NotFound("route")),
+        // Every other path is the static tree's, which only reads.
+        _ => Err(Error::MethodNotAllowed {
+            allow: "GET, HEAD, OPTIONS",
+        }),
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             p = Arc::clone(&limit).acquire_owned() => p.expect("the semaphore is never closed"),
             _ = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => { backoff = Duration::from_millis(5); s }
                 Err(e) => {
@@ -54,7 +54,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
-        let service = service_fn(move |req| router::handle(Arc::clone(&app), req));
+        let service = service_fn(move |req| router::handle(Arc::clone(&app), peer, req));
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::access::{self, company_scope};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::body::{Body, json_response};
+use crate::body::{Body, RequestBody, json_response};
 use crate::crypto::{self, FileKeys};
 use crate::download;
 use crate::error::{Error, Result};
@@ -108,7 +107,11 @@ fn path_id(name: &'static str, raw: &str) -> Result<String> {
 }
 
 /// Routes a request under [`PREFIX`]; `rest` is the path after it.
-pub async fn handle(app: &Arc<App>, req: Request<Incoming>, rest: &str) -> Result<Response<Body>> {
+pub async fn handle(
+    app: &Arc<App>,
+    req: Request<RequestBody>,
+    rest: &str,
+) -> Result<Response<Body>> {
     let Some((company, route)) = parse_route(rest) else {
         return Err(Error::NotFound("route"));
     };
@@ -161,7 +164,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, rest: &str) -> Resul
 /// member's token (header or `?token=`), or a valid signed link.
 fn readable_scope(
     app: &App,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     company: &str,
     file_id: &str,
 ) -> Result<String> {
@@ -234,6 +237,7 @@ fn new_file(p: &Principal, company: &str, params: &Params) -> Result<NewFile> {
         application_id: p.application_id.clone(),
         declared_size: params.number(names::TOTAL_SIZE)?,
         declared_chunks: params.number(names::TOTAL_CHUNKS)?,
+        owner: p.scope(),
     })
 }
 
@@ -248,7 +252,7 @@ fn wants_thumbnail(params: &Params) -> Result<bool> {
 /// or `{}` as the Twake front end sends) a file to be uploaded in chunks.
 async fn create_or_upload(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     company: &str,
 ) -> Result<Response<Body>> {
     let p = access::member(app, req.headers(), None, company)?;
@@ -267,13 +271,16 @@ async fn create_or_upload(
     }
     read_small_json(req.into_body()).await?;
     let id = file.id.clone();
-    app.blocking(move |app| app.index.create_file(&file))
-        .await?;
+    app.blocking(move |app| {
+        app.index
+            .create_file(&file, app.config.limits.max_open_uploads)
+    })
+    .await?;
     reply_resource(app, company, id).await
 }
 
 /// Reads the creation call's body: empty or a JSON value, and small.
-async fn read_small_json(body: Incoming) -> Result<()> {
+async fn read_small_json(body: RequestBody) -> Result<()> {
     let limited = http_body_util::Limited::new(body, MAX_CREATE_BODY);
     let bytes = limited
         .collect()
@@ -282,7 +289,7 @@ async fn read_small_json(body: Incoming) -> Result<()> {
             if e.is::<http_body_util::LengthLimitError>() {
                 Error::BodyTooLarge(MAX_CREATE_BODY as u64)
             } else {
-                Error::BodyRead(e.to_string())
+                Error::from_boxed_body(&*e)
             }
         })?
         .to_bytes();
@@ -298,7 +305,7 @@ async fn read_small_json(body: Incoming) -> Result<()> {
 /// transaction.
 async fn classic(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     p: &Principal,
     company: &str,
 ) -> Result<Response<Body>> {
@@ -408,7 +415,7 @@ async fn store_classic(
 /// `POST …/files/{id}`: one chunk, parameters in the query or the form, either naming.
 async fn chunk(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     company: &str,
     file_id: String,
 ) -> Result<Response<Body>> {
@@ -438,7 +445,7 @@ async fn chunk(
 /// `GET …/files/{id}`: the resource, complete or not.
 async fn metadata(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     company: &str,
     file_id: String,
 ) -> Result<Response<Body>> {
@@ -450,7 +457,7 @@ async fn metadata(
 /// leaves only bytes no row owns, which the startup sweep removes.
 async fn delete(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     company: &str,
     file_id: String,
 ) -> Result<Response<Body>> {
@@ -475,7 +482,7 @@ async fn delete(
 /// `GET …/files/{id}/thumbnails/{index}`: the decrypted PNG.
 async fn thumbnail(
     app: &Arc<App>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     company: &str,
     file_id: String,
     idx: u32,

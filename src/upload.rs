@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::access;
 use crate::app::App;
-use crate::body::{Body, json_response, status_only};
+use crate::body::{Body, RequestBody, json_response, status_only};
 use crate::crypto::{self, FileCipher, FileKeys, SEGMENT};
 use crate::error::{Error, Result};
 use crate::geometry::Expect;
@@ -38,6 +37,39 @@ const MAX_FIELD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 64;
 /// Multipart framing allowed on top of the largest chunk.
 const MULTIPART_SLACK: u64 = 1 << 20;
+/// Longest field name accepted in a multipart body.
+const MAX_FIELD_NAME: usize = 1024;
+/// Most bytes read before the file part, and after it: the fields, the part headers and the
+/// delimiters. multer buffers a part's headers whole until their end, so without this bound a
+/// body that never ends its headers would be held in memory up to the whole-stream limit.
+const MAX_PRELUDE: u64 = (MAX_FIELDS * (MAX_FIELD + MAX_FIELD_NAME)) as u64 + (1 << 20);
+
+/// The bytes multer may still pull from the body, changed as the reading moves from the fields
+/// (bounded) to the file part (the whole-stream limit only) to the end (bounded again).
+#[derive(Clone, Default)]
+struct Budget(Arc<std::sync::Mutex<(u64, u64)>>);
+
+/// The marker error of a spent [`Budget`].
+#[derive(Debug, thiserror::Error)]
+#[error("more than {0} bytes of form fields and part headers")]
+struct PreludeTooLarge(u64);
+
+impl Budget {
+    fn pulled(&self, n: usize) -> std::result::Result<(), PreludeTooLarge> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += n as u64;
+        if g.0 > g.1 {
+            return Err(PreludeTooLarge(MAX_PRELUDE));
+        }
+        Ok(())
+    }
+
+    /// Allows `more` bytes beyond those pulled so far (`None`: no bound of its own).
+    fn allow(&self, more: Option<u64>) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 = more.map_or(u64::MAX, |m| g.0.saturating_add(m));
+    }
+}
 
 /// What every probe and chunk response says, so that any of them lets a client find the file.
 #[derive(Debug, Serialize)]
@@ -109,7 +141,7 @@ fn reply(
 
 /// `GET {upload-path}`: 200 with the chunk reply if chunk n is committed, 204 if not. Never 404:
 /// Flow.js aborts the whole upload on one.
-pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn probe(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let params = Params::from_query(req.uri().query())?;
     let scope = access::core_scope(app, req.headers(), None)?;
     let chunk = params.chunk(None)?;
@@ -161,7 +193,7 @@ struct StatusReply {
 }
 
 /// `GET {upload-path}/status?resumableIdentifier=X`.
-pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn status(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let id = Params::from_query(req.uri().query())?.identifier()?;
     let scope = access::core_scope(app, req.headers(), None)?;
     let reply = app
@@ -203,8 +235,9 @@ pub async fn status(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
 }
 
 /// `POST {upload-path}` (or `PUT`): stores one chunk, multipart or raw.
-pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn post_chunk(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
     let scope = access::core_scope(app, req.headers(), None)?;
+    let owner = access::owner(&scope, req.extensions().get::<access::Peer>());
     let (parts, body) = req.into_parts();
     let mut params = Params::from_query(parts.uri.query())?;
     let mut source = ChunkBody::open_checked(app, &parts.headers, body, &mut params).await?;
@@ -212,6 +245,7 @@ pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Respon
         Ok(chunk) => {
             let target = Target::Identifier {
                 scope: scope.clone(),
+                owner,
             };
             store_chunk(app, target, chunk, &mut source).await
         }
@@ -239,8 +273,8 @@ pub async fn post_chunk(app: &Arc<App>, req: Request<Incoming>) -> Result<Respon
 /// Where a chunk goes.
 pub enum Target {
     /// The upload under the request's identifier in this scope, created by its first chunk
-    /// (the chunk endpoint).
-    Identifier { scope: String },
+    /// (the chunk endpoint); a new one counts against `owner` ([`access::owner`]).
+    Identifier { scope: String, owner: String },
     /// The upload in progress of a file created beforehand (Files API). A complete file takes
     /// a new upload, an overwrite, only if `may_overwrite`.
     File {
@@ -284,9 +318,11 @@ pub async fn store_chunk(
         .blocking(move |app| {
             let keys = || app.key.wrap(&FileKeys::generate());
             let (row, shape) = match target {
-                Target::Identifier { scope } => app
-                    .index
-                    .find_or_create(&scope, &req, || (new_id(), new_id(), keys()))?,
+                Target::Identifier { scope, owner } => {
+                    let quota = (owner.as_str(), app.config.limits.max_open_uploads);
+                    app.index
+                        .find_or_create(&scope, &req, quota, || (new_id(), new_id(), keys()))?
+                }
                 Target::File {
                     scope,
                     file_id,
@@ -315,6 +351,24 @@ pub async fn store_chunk(
         (Expect::AtMost(_), Some(cur)) => cur,
         _ => expect.max(),
     };
+    // A raw body's length is known from its Content-Length: a wrong one is refused before a
+    // byte is read or a spool file made.
+    if let Some(len) = source.known_len() {
+        if len > max {
+            return Err(Error::Geometry(format!(
+                "chunk {} may hold {max} bytes, but the body has {len}",
+                d.number
+            )));
+        }
+        if let Some(cur) = d.current_size
+            && cur != len
+        {
+            return Err(Error::Geometry(format!(
+                "chunk {} declared {cur} bytes, but the body has {len}",
+                d.number
+            )));
+        }
+    }
 
     if let Some(stored) = existing {
         // Sent again: check it is the same bytes, store nothing.
@@ -548,10 +602,11 @@ pub struct ChunkBody {
 // One lives per request, in its task: boxing the larger variant would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Source {
-    Raw(Incoming),
+    Raw(RequestBody),
     Part {
         multipart: multer::Multipart<'static>,
         field: Option<multer::Field<'static>>,
+        budget: Budget,
     },
 }
 
@@ -559,7 +614,10 @@ fn multipart_error(e: multer::Error) -> Error {
     match e {
         multer::Error::StreamSizeExceeded { limit }
         | multer::Error::FieldSizeExceeded { limit, .. } => Error::BodyTooLarge(limit),
-        multer::Error::StreamReadFailed(e) => Error::BodyRead(e.to_string()),
+        multer::Error::StreamReadFailed(e) => match e.downcast_ref::<PreludeTooLarge>() {
+            Some(p) => Error::Multipart(p.to_string()),
+            None => Error::from_boxed_body(&*e),
+        },
         other => Error::Multipart(other.to_string()),
     }
 }
@@ -590,7 +648,7 @@ impl ChunkBody {
     pub async fn open_checked(
         app: &App,
         headers: &hyper::HeaderMap,
-        body: Incoming,
+        body: RequestBody,
         params: &mut Params,
     ) -> Result<ChunkBody> {
         let limit = app.config.limits.max_chunk_size;
@@ -609,7 +667,7 @@ impl ChunkBody {
     /// sends octet chunks with the file's own type).
     pub async fn open(
         headers: &hyper::HeaderMap,
-        body: Incoming,
+        body: RequestBody,
         limit: u64,
         params: &mut Params,
     ) -> Result<ChunkBody> {
@@ -628,8 +686,17 @@ impl ChunkBody {
                 .map_err(|_| Error::Multipart("no boundary in the Content-Type".into()))?;
             let constraints = multer::Constraints::new()
                 .size_limit(multer::SizeLimit::new().whole_stream(limit + MULTIPART_SLACK));
-            let mut multipart =
-                multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+            let budget = Budget::default();
+            budget.allow(Some(MAX_PRELUDE));
+            let counted = {
+                let budget = budget.clone();
+                futures_util::StreamExt::map(body.into_data_stream(), move |r| {
+                    let data = r.map_err(crate::body::BoxError::from)?;
+                    budget.pulled(data.len())?;
+                    Ok::<_, crate::body::BoxError>(data)
+                })
+            };
+            let mut multipart = multer::Multipart::with_constraints(counted, boundary, constraints);
             let field = loop {
                 let field = multipart
                     .next_field()
@@ -640,12 +707,19 @@ impl ChunkBody {
                     break field;
                 }
                 let name = field.name().unwrap_or("").to_string();
+                if name.len() > MAX_FIELD_NAME {
+                    return Err(Error::Multipart(format!(
+                        "a field name is longer than {MAX_FIELD_NAME} bytes"
+                    )));
+                }
                 let value = read_text_field(field).await?;
                 params.form.push((name, value));
                 if params.form.len() > MAX_FIELDS {
                     return Err(Error::Multipart(format!("more than {MAX_FIELDS} fields")));
                 }
             };
+            // The file part's bytes are bounded by the geometry and the whole-stream limit.
+            budget.allow(None);
             let part_name = field.file_name().map(str::to_string);
             let part_type = field.content_type().map(|m| m.essence_str().to_string());
             Ok(ChunkBody {
@@ -654,6 +728,7 @@ impl ChunkBody {
                 ..ChunkBody::from(Source::Part {
                     multipart,
                     field: Some(field),
+                    budget,
                 })
             })
         } else if essence.starts_with("multipart/")
@@ -662,6 +737,15 @@ impl ChunkBody {
             Err(Error::UnsupportedMediaType(essence))
         } else {
             Ok(ChunkBody::from(Source::Raw(body)))
+        }
+    }
+
+    /// The exact length of a raw body that declared one (`Content-Length`).
+    pub fn known_len(&self) -> Option<u64> {
+        use hyper::body::Body as _;
+        match (&self.source, &self.stash) {
+            (Source::Raw(body), None) => body.size_hint().exact(),
+            _ => None,
         }
     }
 
@@ -674,7 +758,7 @@ impl ChunkBody {
             Source::Raw(body) => loop {
                 match body.frame().await {
                     None => return Ok(None),
-                    Some(Err(e)) => return Err(Error::BodyRead(e.to_string())),
+                    Some(Err(e)) => return Err(e.into()),
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data()
                             && !data.is_empty()
@@ -699,8 +783,15 @@ impl ChunkBody {
 
     /// After the chunk's bytes: a multipart body must end with the file part.
     pub async fn finish(&mut self) -> Result<()> {
-        if let Source::Part { multipart, field } = &mut self.source {
+        if let Source::Part {
+            multipart,
+            field,
+            budget,
+        } = &mut self.source
+        {
             debug_assert!(field.is_none());
+            // The closing delimiter, or the headers of a part that has no business there.
+            budget.allow(Some(MAX_FIELD as u64));
             if multipart
                 .next_field()
                 .await

@@ -3,10 +3,11 @@
 //!
 //! Case counts are kept modest so that the whole file runs in a few seconds in debug.
 
-use chunkd::download::{RangeSpec, content_disposition, parse_range};
+use chunkd::download::{RangeSpec, content_disposition, parse_range, safe_content_type};
 use chunkd::geometry::{Declared, Expect, Shape};
 use chunkd::protocol::{
-    MAX_FILENAME, MAX_IDENTIFIER, MAX_RELATIVE_PATH, MAX_TYPE, Params, names, parse_query,
+    MAX_FILENAME, MAX_IDENTIFIER, MAX_RELATIVE_PATH, MAX_TYPE, Params, clean_text, names,
+    parse_number, parse_query,
 };
 use proptest::prelude::*;
 
@@ -492,5 +493,60 @@ proptest! {
         }
         // The fallback has exactly one character per character of the name.
         prop_assert_eq!(fallback.chars().count(), decoded.chars().count());
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// Every u64 written in decimal comes back; anything else that is not plain ASCII digits
+    /// (signs, spaces, other scripts' digits, overflow) is a 400, never a panic or a wrap.
+    #[test]
+    fn numbers_round_trip_and_nothing_else_parses(
+        n in any::<u64>(),
+        junk in prop_oneof![
+            any::<String>(),
+            "[-+ 0-9a-fx.,e\u{0660}-\u{0669}]{0,24}",
+            "[0-9]{20,40}",
+        ],
+    ) {
+        prop_assert_eq!(parse_number("n", &n.to_string()).unwrap(), n);
+        prop_assert_eq!(parse_number("n", &format!("000{n}")).unwrap(), n);
+        match parse_number("n", &junk) {
+            Ok(v) => {
+                prop_assert!(!junk.is_empty() && junk.bytes().all(|b| b.is_ascii_digit()));
+                prop_assert_eq!(Some(v), junk.parse::<u64>().ok());
+            }
+            Err(e) => prop_assert_eq!(e.status().as_u16(), 400),
+        }
+    }
+
+    /// A client string is kept exactly, or refused: never altered, never over its bound, never
+    /// with a control character.
+    #[test]
+    fn client_strings_are_kept_exactly_or_refused(v in any::<String>(), max in 0usize..64) {
+        match clean_text("f", &v, max) {
+            Ok(kept) => {
+                prop_assert_eq!(&kept, &v);
+                prop_assert!(kept.len() <= max);
+                prop_assert!(!kept.chars().any(char::is_control));
+            }
+            Err(e) => {
+                prop_assert_eq!(e.code(), "invalid_parameter");
+                prop_assert!(v.len() > max || v.chars().any(char::is_control));
+            }
+        }
+    }
+
+    /// The served type is always a valid header value: the client's plain `type/subtype`
+    /// (lowercased), or `application/octet-stream`.
+    #[test]
+    fn content_types_are_always_safe(
+        mime in prop_oneof![any::<String>(), "[a-zA-Z0-9!#$&^_.+ ;=/\r\n\"-]{0,40}"],
+    ) {
+        let t = safe_content_type(&mime);
+        prop_assert!(hyper::header::HeaderValue::from_str(&t).is_ok(), "{:?}", t);
+        prop_assert!(t == "application/octet-stream" || t == mime.to_ascii_lowercase());
+        prop_assert!(!t.contains(';') && !t.contains(' ') && t.matches('/').count() == 1);
     }
 }

@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::UploadRow;
-use super::index::{ChunkRow, FileRow, Index, UPLOAD_COLS, now_ms, opt_i64, upload_from_row};
+use super::index::{
+    ChunkRow, FileRow, Index, UPLOAD_COLS, check_open, now_ms, opt_i64, upload_from_row,
+};
 use super::spool::{chunk_name, thumb_name};
 use crate::error::{Error, Result};
 use crate::geometry::Shape;
@@ -29,6 +31,8 @@ pub struct NewFile {
     pub application_id: Option<String>,
     pub declared_size: Option<u64>,
     pub declared_chunks: Option<u64>,
+    /// Whom the file counts against while it has no content (see `access::owner`).
+    pub owner: String,
 }
 
 /// Preview state of a complete upload.
@@ -109,26 +113,37 @@ fn file_upload_scope(file_id: &str) -> String {
     format!("file:{file_id}")
 }
 
+/// Inserts a file's row, with no content yet.
+fn insert_file(c: &Connection, f: &NewFile, now: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at, \
+         user_id, application_id, declared_size, declared_chunks, owner) \
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            f.id,
+            f.scope,
+            f.name,
+            f.mime,
+            now,
+            f.user_id,
+            f.application_id,
+            opt_i64(f.declared_size),
+            opt_i64(f.declared_chunks),
+            f.owner
+        ],
+    )?;
+    Ok(())
+}
+
 impl Index {
-    /// Creates a file with no bytes yet (the Files API's first call).
-    pub fn create_file(&self, f: &NewFile) -> Result<()> {
-        let now = now_ms();
-        self.conn().execute(
-            "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at, \
-             user_id, application_id, declared_size, declared_chunks) \
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                f.id,
-                f.scope,
-                f.name,
-                f.mime,
-                now,
-                f.user_id,
-                f.application_id,
-                opt_i64(f.declared_size),
-                opt_i64(f.declared_chunks)
-            ],
-        )?;
+    /// Creates a file with no bytes yet (the Files API's first call). It counts against its
+    /// owner, who may have at most `max_open` files without content (0: no limit).
+    pub fn create_file(&self, f: &NewFile, max_open: u64) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_open(&tx, &f.owner, max_open)?;
+        insert_file(&tx, f, now_ms())?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -238,22 +253,7 @@ impl Index {
         let now = now_ms();
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at, \
-             user_id, application_id, declared_size, declared_chunks) \
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                f.id,
-                f.scope,
-                f.name,
-                f.mime,
-                now,
-                f.user_id,
-                f.application_id,
-                opt_i64(f.declared_size),
-                opt_i64(f.declared_chunks)
-            ],
-        )?;
+        insert_file(&tx, f, now)?;
         tx.execute(
             "INSERT INTO uploads(id, file_id, scope, identifier, total_size, chunk_size, \
              total_chunks, keys, received, created_at, updated_at, completed_at) \

@@ -90,7 +90,15 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("files", "pending", "TEXT"),
     // Preview state of a complete upload: 'waiting', 'done' or 'error'.
     ("uploads", "thumbs", "TEXT NOT NULL DEFAULT 'waiting'"),
+    // Whom the file counts against for --max-open-uploads while it has no content
+    // (access::owner); NULL in rows made before the limit existed.
+    ("files", "owner", "TEXT"),
 ];
+
+/// Indexes on added columns, created once the columns exist. Only files without content are
+/// indexed by owner: the count [`check_open`] makes never reads a complete file.
+const ADDED_INDEXES: &str =
+    "CREATE INDEX IF NOT EXISTS files_open_owner ON files(owner) WHERE content IS NULL;";
 
 /// The current time in epoch milliseconds.
 pub fn now_ms() -> i64 {
@@ -215,6 +223,7 @@ impl Index {
                 conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
             }
         }
+        conn.execute_batch(ADDED_INDEXES)?;
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', '1')",
             [],
@@ -271,11 +280,13 @@ impl Index {
     /// The upload under the request's identifier, created if absent, with its shape merged with
     /// what the request declares. An existing upload must be the same file: same name and a
     /// geometry the request agrees with. `new_upload` gives a new upload's ids (upload, file) and
-    /// wrapped keys; it is called only when one is created.
+    /// wrapped keys; it is called only when one is created. A new upload counts against `owner`,
+    /// who may have at most `max_open` files without content (0: no limit).
     pub fn find_or_create(
         &self,
         scope: &str,
         req: &ChunkParams,
+        (owner, max_open): (&str, u64),
         new_upload: impl FnOnce() -> (String, String, Vec<u8>),
     ) -> Result<(UploadRow, Shape)> {
         if let Some(row) = self.find(scope, &req.identifier)? {
@@ -297,16 +308,18 @@ impl Index {
             .optional()?
             .unwrap_or(false);
         if !exists {
+            check_open(&tx, owner, max_open)?;
             tx.execute(
-                "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                "INSERT INTO files(id, scope, name, relative_path, mime, created_at, updated_at, \
+                 owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
                 params![
                     file_id,
                     scope,
                     req.filename,
                     req.relative_path,
                     req.mime,
-                    now
+                    now,
+                    owner
                 ],
             )?;
             tx.execute(
@@ -562,6 +575,24 @@ fn chunk_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
         nonce: r.get::<_, i64>(2)? as u64,
         hash: r.get::<_, i64>(3)? as u64,
     })
+}
+
+/// Refuses a new file to an owner who has `max` files without content already (0: no limit).
+/// Called only when a file is created, inside the creating transaction, so two creations cannot
+/// both take the last slot; the count reads at most `max` entries of a partial index.
+pub(super) fn check_open(tx: &Connection, owner: &str, max: u64) -> Result<()> {
+    if max == 0 {
+        return Ok(());
+    }
+    let open: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM files WHERE owner = ?1 AND content IS NULL LIMIT ?2)",
+        params![owner, max.min(i64::MAX as u64) as i64],
+        |r| r.get(0),
+    )?;
+    if open as u64 >= max {
+        return Err(Error::TooManyUploads(max));
+    }
+    Ok(())
 }
 
 /// Checks that a request names the same file as the upload already under its identifier.
