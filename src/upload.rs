@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::geometry::Expect;
 use crate::previews;
 use crate::protocol::{ChunkParams, Params};
-use crate::store::{ChunkRow, Commit, Removed, UploadRow, index::check_same_file};
+use crate::store::{ChunkRow, Commit, Removed, UploadRow};
 
 /// Plaintext bytes sealed and written at a time: a whole number of segments, enough to keep
 /// the AES pipeline full, small enough that memory per request stays flat.
@@ -99,20 +99,19 @@ pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     let params = Params::from_query(req.uri().query())?;
     let scope = access::core_scope(app, req.headers(), None)?;
     let chunk = params.chunk(None)?;
-    let s = scope.clone();
-    let found = app
-        .blocking(move |app| {
-            let Some(row) = app.index.find(&s, &chunk.identifier)? else {
-                return Ok(None);
-            };
-            // A different file under the same identifier must not be told its chunks exist.
-            check_same_file(&row, &chunk)?;
-            let n = chunk.declared.number;
-            Ok(app.index.chunk(&row.id, n)?.map(|_| (row, n)))
-        })
-        .await?;
+    let n = chunk.declared.number;
+    // An active upload is answered from memory; anything else from SQLite. Either way a
+    // different file under the same identifier is refused, not told its chunks exist.
+    let found = match app.index.cached(&scope, &chunk)? {
+        Some(hit) => Some(hit),
+        None => {
+            let s = scope.clone();
+            app.blocking(move |app| app.index.find_chunk(&s, &chunk))
+                .await?
+        }
+    };
     Ok(match found {
-        Some((row, n)) => {
+        Some((row, _, Some(_))) => {
             let complete = row.completed_at.is_some();
             let body = reply(
                 app,
@@ -125,7 +124,7 @@ pub async fn probe(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             );
             json_response(StatusCode::OK, &body)
         }
-        None => status_only(StatusCode::NO_CONTENT),
+        _ => status_only(StatusCode::NO_CONTENT),
     })
 }
 
@@ -250,29 +249,41 @@ pub async fn store_chunk(
     if d.number > u32::MAX as u64 {
         return Err(Error::Geometry("more than 4,294,967,295 chunks".into()));
     }
-    let req = chunk.clone();
-    let (row, existing) = app
-        .blocking(move |app| {
-            let keys = || app.key.wrap(&FileKeys::generate());
-            let (row, shape) = match target {
-                Target::Identifier { scope } => app
-                    .index
-                    .find_or_create(&scope, &req, || (new_id(), new_id(), keys()))?,
-                Target::File {
-                    scope,
-                    file_id,
-                    may_overwrite,
-                } => app
-                    .index
-                    .upload_for_file(&scope, &file_id, may_overwrite, &req, || {
-                        (new_id(), keys())
-                    })?,
-            };
-            let existing = app.index.chunk(&row.id, req.declared.number)?;
-            Ok((row, (shape, existing)))
-        })
-        .await?;
-    let (shape, existing) = existing;
+    // The next chunk of an active upload finds it in memory, with no thread hop.
+    let cached = match &target {
+        Target::Identifier { scope } => app.index.cached(scope, &chunk)?,
+        Target::File { .. } => None,
+    };
+    let (row, shape, existing) = match cached {
+        Some(hit) => hit,
+        None => {
+            let req = chunk.clone();
+            app.blocking(move |app| {
+                let keys = || app.key.wrap(&FileKeys::generate());
+                match target {
+                    Target::Identifier { scope } => app
+                        .index
+                        .find_or_create(&scope, &req, || (new_id(), new_id(), keys())),
+                    Target::File {
+                        scope,
+                        file_id,
+                        may_overwrite,
+                    } => {
+                        let (row, shape) = app.index.upload_for_file(
+                            &scope,
+                            &file_id,
+                            may_overwrite,
+                            &req,
+                            || (new_id(), keys()),
+                        )?;
+                        let existing = app.index.chunk(&row.id, req.declared.number)?;
+                        Ok((row, shape, existing))
+                    }
+                }
+            })
+            .await?
+        }
+    };
     let expect = shape.expect(d.number);
     if expect.max() > limits.max_chunk_size {
         return Err(Error::Geometry(format!(

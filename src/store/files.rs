@@ -221,6 +221,8 @@ impl Index {
         }
         let found = tx.query_row(&select, params![file_id, scope], with_content)?;
         tx.commit()?;
+        // The file may have taken its name from this chunk.
+        self.active.forget(|r| r.file_id == file_id);
         check(found)
     }
 
@@ -366,6 +368,7 @@ impl Index {
             return Ok(None);
         }
         tx.commit()?;
+        self.active.forget(|r| r.file_id == file_id);
         Ok(Some(Removed { uploads, bytes }))
     }
 
@@ -398,6 +401,7 @@ impl Index {
             [cutoff],
         )?;
         tx.commit()?;
+        self.active.forget(|r| removed.uploads.contains(&r.id));
         Ok(removed)
     }
 
@@ -448,6 +452,7 @@ impl Index {
             }
         }
         tx.commit()?;
+        self.active.clear();
         Ok(())
     }
 
