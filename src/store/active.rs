@@ -9,7 +9,7 @@
 //! chunk again, which is harmless), but it never holds a chunk the index does not have.
 //!
 //! An upload enters on its first lookup (or creation) and leaves on completion, so memory
-//! follows the uploads in progress. Writes that remove rows (deletion, expiry, the start-up
+//! follows the uploads in progress; one its client abandoned stays until expiry removes it. Writes that remove rows (deletion, expiry, the start-up
 //! check of lost chunks) or rename a file drop the entries they touch; the next lookup reloads
 //! them from SQLite.
 
