@@ -376,7 +376,8 @@ impl Bench {
         let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let piece = vec![0u8; 1 << 20];
         for _ in 0..self.plan.bytes().div_ceil(1 << 20) + 256 {
-            f.write_all(&piece).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.write_all(&piece)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         drop(f);
         std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))
@@ -840,7 +841,7 @@ impl Bench {
                 false,
             ),
             (
-                "1 GiB file: completing chunk / p50",
+                "one file of files x size (1 GiB): completing chunk / p50",
                 m("gib.completing_max_over_p50"),
                 2.0,
                 false,

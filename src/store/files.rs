@@ -237,6 +237,8 @@ impl Index {
         }
         let found = tx.query_row(&select, params![file_id, scope], with_content)?;
         tx.commit()?;
+        // The file may have taken its name from this chunk.
+        self.active.forget(|r| r.file_id == file_id);
         check(found)
     }
 
@@ -367,6 +369,7 @@ impl Index {
             return Ok(None);
         }
         tx.commit()?;
+        self.active.forget(|r| r.file_id == file_id);
         Ok(Some(Removed { uploads, bytes }))
     }
 
@@ -399,6 +402,7 @@ impl Index {
             [cutoff],
         )?;
         tx.commit()?;
+        self.active.forget(|r| removed.uploads.contains(&r.id));
         Ok(removed)
     }
 
@@ -449,6 +453,7 @@ impl Index {
             }
         }
         tx.commit()?;
+        self.active.clear();
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::active::Active;
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::geometry::{Declared, Shape};
@@ -171,7 +172,13 @@ pub struct FileRow {
 /// The index: one connection behind a mutex (SQLite has one writer at a time anyway).
 pub struct Index {
     conn: Mutex<Connection>,
+    /// Incomplete uploads in memory, written only under `conn`'s lock ([`Active`]).
+    pub(super) active: Active,
 }
+
+/// An upload as a request for one of its chunks finds it: its row, its shape merged with what
+/// the request declares, and the requested chunk if it is committed.
+pub type Lookup = (UploadRow, Shape, Option<ChunkRow>);
 
 pub(super) const UPLOAD_COLS: &str = "u.id, u.file_id, u.identifier, f.name, f.relative_path, f.mime, \
     u.total_size, u.chunk_size, u.total_chunks, u.keys, u.received, u.created_at, u.completed_at";
@@ -230,6 +237,7 @@ impl Index {
         )?;
         Ok(Index {
             conn: Mutex::new(conn),
+            active: Active::default(),
         })
     }
 
@@ -266,15 +274,48 @@ impl Index {
 
     /// The upload under `identifier` in `scope`, if any.
     pub fn find(&self, scope: &str, identifier: &str) -> Result<Option<UploadRow>> {
+        find_in(&self.conn(), scope, identifier)
+    }
+
+    /// The upload a chunk request names and its chunk, from memory if the upload is active and
+    /// was looked up before; `None` if memory does not know it (ask [`Index::find_chunk`]).
+    /// Never blocks: a probe or a chunk of an active upload needs no SQLite and no thread.
+    pub fn cached(&self, scope: &str, req: &ChunkParams) -> Result<Option<Lookup>> {
+        let Some((row, chunk)) = self.active.get(scope, &req.identifier, req.declared.number)
+        else {
+            return Ok(None);
+        };
+        let shape = check_same_file(&row, req)?;
+        Ok(Some((row, shape, chunk)))
+    }
+
+    /// The upload a chunk request names and its chunk, if the upload exists. An incomplete
+    /// upload read from SQLite is cached with all its chunks, for [`Index::cached`].
+    pub fn find_chunk(&self, scope: &str, req: &ChunkParams) -> Result<Option<Lookup>> {
         let c = self.conn();
-        let sql = format!(
-            "SELECT {UPLOAD_COLS} FROM uploads u JOIN files f ON f.id = u.file_id \
-             WHERE u.scope = ?1 AND u.identifier = ?2"
-        );
-        Ok(
-            c.query_row(&sql, params![scope, identifier], upload_from_row)
-                .optional()?,
-        )
+        // Another request may have cached it while this one waited for the lock.
+        if let Some(hit) = self.cached(scope, req)? {
+            return Ok(Some(hit));
+        }
+        let Some(row) = find_in(&c, scope, &req.identifier)? else {
+            return Ok(None);
+        };
+        let number = req.declared.number;
+        let chunk = if row.completed_at.is_some() {
+            chunk_in(&c, &row.id, number)?
+        } else {
+            let mut st = c.prepare_cached(
+                "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1",
+            )?;
+            let all: Vec<ChunkRow> = st
+                .query_map([&row.id], chunk_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let chunk = all.iter().find(|ch| ch.number == number).copied();
+            self.active.insert(scope, row.clone(), all);
+            chunk
+        };
+        let shape = check_same_file(&row, req)?;
+        Ok(Some((row, shape, chunk)))
     }
 
     /// The upload under the request's identifier, created if absent, with its shape merged with
@@ -288,10 +329,9 @@ impl Index {
         req: &ChunkParams,
         (owner, max_open): (&str, u64),
         new_upload: impl FnOnce() -> (String, String, Vec<u8>),
-    ) -> Result<(UploadRow, Shape)> {
-        if let Some(row) = self.find(scope, &req.identifier)? {
-            let shape = check_same_file(&row, req)?;
-            return Ok((row, shape));
+    ) -> Result<Lookup> {
+        if let Some(found) = self.find_chunk(scope, req)? {
+            return Ok(found);
         }
         let shape = Shape::new(req.declared.total_size).merge(&req.declared)?;
         let now = now_ms();
@@ -341,11 +381,8 @@ impl Index {
         }
         tx.commit()?;
         drop(c);
-        let row = self
-            .find(scope, &req.identifier)?
-            .ok_or(Error::NotFound("upload"))?;
-        let shape = check_same_file(&row, req)?;
-        Ok((row, shape))
+        self.find_chunk(scope, req)?
+            .ok_or(Error::NotFound("upload"))
     }
 
     /// True while an upload's row exists (a delete or an expiry removes it).
@@ -375,13 +412,7 @@ impl Index {
 
     /// The committed chunk `number` of an upload, if any.
     pub fn chunk(&self, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
-        let c = self.conn();
-        Ok(c.query_row(
-            "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 AND number = ?2",
-            params![upload_id, number as i64],
-            chunk_from_row,
-        )
-        .optional()?)
+        chunk_in(&self.conn(), upload_id, number)
     }
 
     /// The numbers of every committed chunk of an upload, in order.
@@ -406,17 +437,20 @@ impl Index {
     ) -> Result<Commit> {
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (size, cs, t, received, completed, file_id): (
+        #[allow(clippy::type_complexity)]
+        let (size, cs, t, received, completed, file_id, scope, identifier): (
             i64,
             Option<i64>,
             Option<i64>,
             i64,
             Option<i64>,
             String,
+            String,
+            String,
         ) = tx
             .query_row(
-                "SELECT total_size, chunk_size, total_chunks, received, completed_at, file_id \
-                 FROM uploads WHERE id = ?1",
+                "SELECT total_size, chunk_size, total_chunks, received, completed_at, file_id, \
+                 scope, identifier FROM uploads WHERE id = ?1",
                 [upload_id],
                 |r| {
                     Ok((
@@ -426,6 +460,8 @@ impl Index {
                         r.get(3)?,
                         r.get(4)?,
                         r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
                     ))
                 },
             )
@@ -500,6 +536,19 @@ impl Index {
             }
         }
         tx.commit()?;
+        // Still under the lock: memory follows the index in the order of its commits.
+        self.active.committed(
+            &scope,
+            &identifier,
+            upload_id,
+            chunk,
+            received,
+            shape,
+            completed,
+        );
+        if let Some(old) = &replaced {
+            self.active.forget(|r| &r.id == old);
+        }
         Ok(Commit::Stored {
             received,
             total: shape.total_chunks,
@@ -568,6 +617,24 @@ fn chunks_of(c: &Connection, upload_id: &str) -> rusqlite::Result<Vec<ChunkRow>>
     st.query_map([upload_id], chunk_from_row)?.collect()
 }
 
+fn find_in(c: &Connection, scope: &str, identifier: &str) -> Result<Option<UploadRow>> {
+    let sql = format!(
+        "SELECT {UPLOAD_COLS} FROM uploads u JOIN files f ON f.id = u.file_id \
+         WHERE u.scope = ?1 AND u.identifier = ?2"
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![scope, identifier], upload_from_row)
+        .optional()?)
+}
+
+fn chunk_in(c: &Connection, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
+    Ok(c.prepare_cached(
+        "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 AND number = ?2",
+    )?
+    .query_row(params![upload_id, number as i64], chunk_from_row)
+    .optional()?)
+}
+
 fn chunk_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
     Ok(ChunkRow {
         number: r.get::<_, i64>(0)? as u64,
@@ -604,4 +671,110 @@ pub fn check_same_file(row: &UploadRow, req: &ChunkParams) -> Result<Shape> {
         )));
     }
     row.shape.merge(&req.declared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Params;
+
+    fn req(n: u64) -> ChunkParams {
+        Params::from_query(Some(&format!(
+            "resumableChunkNumber={n}&resumableChunkSize=10&resumableTotalSize=30&\
+             resumableIdentifier=id&resumableFilename=f.bin&resumableRelativePath=f.bin"
+        )))
+        .unwrap()
+        .chunk(None)
+        .unwrap()
+    }
+
+    fn row(n: u64) -> ChunkRow {
+        ChunkRow {
+            number: n,
+            len: 10,
+            nonce: n,
+            hash: n,
+        }
+    }
+
+    fn ids() -> (String, String, Vec<u8>) {
+        ("a".repeat(32), "b".repeat(32), vec![0; 64])
+    }
+
+    /// What memory answers is what SQLite holds, through commits, completion, restart and
+    /// deletion.
+    #[test]
+    fn memory_follows_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let index = Index::open(&path, Durability::Fast).unwrap();
+        assert!(index.cached("", &req(1)).unwrap().is_none());
+        let (up, _, none) = index.find_or_create("", &req(1), ("test", 0), ids).unwrap();
+        assert!(none.is_none());
+        // Created, hence cached, with no chunk.
+        let (_, _, c) = index.cached("", &req(1)).unwrap().expect("cached");
+        assert_eq!(c, None);
+        index
+            .commit_chunk(&up.id, &req(2).declared, row(2))
+            .unwrap();
+        let (r, _, c) = index.cached("", &req(2)).unwrap().expect("cached");
+        assert_eq!((c, r.received), (Some(row(2)), 1));
+        assert_eq!(index.cached("", &req(1)).unwrap().unwrap().2, None);
+        // Another scope does not see it.
+        assert!(index.cached("someone", &req(2)).unwrap().is_none());
+        // A different file under the identifier is refused from memory too.
+        let mut other = req(2);
+        other.filename = "g.bin".into();
+        assert!(index.cached("", &other).is_err());
+        // A second index on the same file (a restart) loads the same state from SQLite.
+        drop(index);
+        let index = Index::open(&path, Durability::Fast).unwrap();
+        assert!(index.cached("", &req(2)).unwrap().is_none());
+        let (_, _, c) = index.find_chunk("", &req(2)).unwrap().unwrap();
+        assert_eq!(c, Some(row(2)));
+        assert_eq!(index.cached("", &req(2)).unwrap().unwrap().2, Some(row(2)));
+        // Completion takes the upload out of memory; SQLite still answers.
+        index
+            .commit_chunk(&up.id, &req(1).declared, row(1))
+            .unwrap();
+        index
+            .commit_chunk(&up.id, &req(3).declared, row(3))
+            .unwrap();
+        assert!(index.cached("", &req(3)).unwrap().is_none());
+        let (r, _, c) = index.find_chunk("", &req(3)).unwrap().unwrap();
+        assert!(r.completed_at.is_some());
+        assert_eq!(c, Some(row(3)));
+        assert!(index.cached("", &req(3)).unwrap().is_none());
+        // Deletion takes an active upload out of memory.
+        let mut second = req(1);
+        second.identifier = "id2".into();
+        let (up2, _, _) = index
+            .find_or_create("", &second, ("test", 0), || {
+                ("c".repeat(32), "d".repeat(32), vec![0; 64])
+            })
+            .unwrap();
+        index
+            .commit_chunk(&up2.id, &second.declared, row(1))
+            .unwrap();
+        assert!(index.cached("", &second).unwrap().is_some());
+        index
+            .delete_file("", &up2.file_id)
+            .unwrap()
+            .expect("deleted");
+        assert!(index.cached("", &second).unwrap().is_none());
+        assert!(index.find_chunk("", &second).unwrap().is_none());
+        // So does expiry.
+        let (up3, _, _) = index
+            .find_or_create("", &second, ("test", 0), || {
+                ("e".repeat(32), "f".repeat(32), vec![0; 64])
+            })
+            .unwrap();
+        index
+            .commit_chunk(&up3.id, &second.declared, row(1))
+            .unwrap();
+        assert!(index.cached("", &second).unwrap().is_some());
+        let removed = index.expire(now_ms() + 1).unwrap();
+        assert_eq!(removed.uploads, vec![up3.id]);
+        assert!(index.cached("", &second).unwrap().is_none());
+    }
 }

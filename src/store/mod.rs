@@ -1,5 +1,6 @@
 //! Storage: the SQLite index (the truth) and the spool of encrypted chunk files.
 
+mod active;
 pub mod files;
 pub mod index;
 pub mod spool;
