@@ -13,10 +13,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use chunkd::auth::{Claims, JwtKey};
-use common::binary::{Chunkd, Rng, SECRET, audit, index};
+use common::binary::{Chunkd, Rng, audit, index};
 use common::{Upload, data};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -77,21 +76,6 @@ struct State {
 }
 
 type Shared = Arc<Mutex<State>>;
-
-fn token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    JwtKey::new(SECRET.as_bytes()).unwrap().mint(&Claims {
-        sub: "alice".into(),
-        exp: now + 3600,
-        nbf: None,
-        iat: Some(now),
-        companies: vec!["acme".into()],
-        application_id: None,
-    })
-}
 
 fn sha(b: &[u8]) -> Vec<u8> {
     Sha256::digest(b).to_vec()
@@ -484,7 +468,7 @@ async fn crash_run(args: &[&str]) {
     let mut rng = Rng::from_env("CRASH_SEED");
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let token = token();
+    let token = common::user("alice", "acme");
     let st: Shared = Arc::new(Mutex::new(State {
         lanes: (0..LANES)
             .map(|_| Lane {

@@ -7,11 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chunkd::Config;
-use chunkd::auth::{Claims, JwtKey};
-use common::binary::{SECRET, audit};
+use common::SECRET;
+use common::binary::audit;
 use common::*;
 use serde_json::Value;
 
@@ -22,21 +21,6 @@ fn config(data: &Path, quota: Option<u64>) -> Config {
     c.auth.secret.value = Some(SECRET.into());
     c.limits.max_spool_bytes = quota;
     c
-}
-
-fn token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    JwtKey::new(SECRET.as_bytes()).unwrap().mint(&Claims {
-        sub: "alice".into(),
-        exp: now + 3600,
-        nbf: None,
-        iat: Some(now),
-        companies: vec!["acme".into()],
-        application_id: None,
-    })
 }
 
 /// A whole file through the Files API: created, then sent as one chunk; returns its id.
@@ -108,7 +92,7 @@ async fn assert_full(client: &Client, up: &Upload, n: usize, data: &Path) {
 async fn over_the_spool_quota_is_a_503_until_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let token = token();
+    let token = common::user("alice", "acme");
     let server = TestServer::start_with(config(&data_dir, Some(350_000)));
     let client = Client::new(&server);
     let big = api_file(&client, &token, data(200_000, 1)).await;
@@ -143,7 +127,7 @@ async fn over_the_spool_quota_is_a_503_until_space_is_freed() {
 async fn a_single_request_upload_counts_in_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let token = token();
+    let token = common::user("alice", "acme");
     // Room for one 8 MiB piece of a single-request upload (what it reserves while writing) and
     // a little more; not for 200 kB more plus an 8.4 MB chunk.
     let quota = (8 << 20) + 16 + 150_000;
@@ -202,7 +186,7 @@ async fn a_real_enospc_is_a_503_and_the_upload_finishes_after_space_is_freed() {
             return;
         }
     };
-    let token = token();
+    let token = common::user("alice", "acme");
     let server = TestServer::start_with(config(&data_dir, None));
     let client = Client::new(&server);
     let big = api_file(&client, &token, data(600_000, 4)).await;
@@ -235,7 +219,7 @@ async fn a_full_filesystem_under_the_index_too_is_a_503_never_a_500() {
             return;
         }
     };
-    let token = token();
+    let token = common::user("alice", "acme");
     let server = TestServer::start_with(config(&data_dir, None));
     let client = Client::new(&server);
     let mut stored: Vec<(String, Vec<u8>)> = Vec::new();

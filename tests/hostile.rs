@@ -543,26 +543,6 @@ async fn past_the_connection_limit_a_client_waits_in_the_accept_queue() {
 // ---------------------------------------------------------------------------------------------
 // 4. Open uploads per principal.
 
-const SECRET: &str = "a test secret that is long enough for HS256 use";
-
-fn token(sub: &str, company: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = chunkd::auth::Claims {
-        sub: sub.into(),
-        exp: now + 3600,
-        nbf: None,
-        iat: Some(now),
-        companies: vec![company.into()],
-        application_id: None,
-    };
-    chunkd::auth::JwtKey::new(SECRET.as_bytes())
-        .unwrap()
-        .mint(&claims)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_principal_past_its_open_uploads_gets_429_and_its_uploads_go_on() {
     let (dir, _server, client) = start(|c| c.limits.max_open_uploads = 3);
@@ -607,7 +587,7 @@ async fn the_open_upload_limit_is_per_token_principal() {
     let http = reqwest::Client::new();
     let send = |who: &str, up: &Upload| {
         http.post(format!("{}?{}", server.url("/upload"), up.query(1)))
-            .bearer_auth(token(who, "acme"))
+            .bearer_auth(common::user(who, "acme"))
             .header("content-type", "application/octet-stream")
             .body(up.chunk(1).to_vec())
             .send()
@@ -631,7 +611,7 @@ async fn the_open_upload_limit_is_per_token_principal() {
     );
     let create = |who: &str| {
         http.post(format!("{api}?filename=a.bin&total_size=10"))
-            .bearer_auth(token(who, "acme"))
+            .bearer_auth(common::user(who, "acme"))
             .body("{}")
             .send()
     };
@@ -832,7 +812,7 @@ async fn hostile_strings_in_the_files_api() {
     let base = server.url("/internal/services/files/v1/companies");
     let call = |method: reqwest::Method, url: String, who: &str| {
         http.request(method, url)
-            .bearer_auth(token(who, "acme"))
+            .bearer_auth(common::user(who, "acme"))
             .body("{}")
             .send()
     };
@@ -845,7 +825,7 @@ async fn hostile_strings_in_the_files_api() {
     };
     use reqwest::Method;
     // Company and file ids in the path: control characters, invalid UTF-8, too long.
-    let auth = format!("Authorization: Bearer {}\r\n", token("u", "acme"));
+    let auth = format!("Authorization: Bearer {}\r\n", common::user("u", "acme"));
     for (path, status, code) in [
         ("/ac%00me/files", 400, "invalid_parameter"),
         ("/ac%0Ame/files", 400, "invalid_parameter"),
@@ -1410,7 +1390,7 @@ async fn a_stalled_body_gets_408_on_the_files_api_too() {
     });
     let data_dir = dir.path().join("data");
     let api = "/internal/services/files/v1/companies/acme/files";
-    let auth = format!("Authorization: Bearer {}\r\n", token("u", "acme"));
+    let auth = format!("Authorization: Bearer {}\r\n", common::user("u", "acme"));
     let classic = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\r\nsome bytes";
     // (what, content type, declared length, bytes sent before the stall)
     let cases: Vec<(&str, &str, usize, &[u8])> = vec![

@@ -333,7 +333,6 @@ async fn the_sweeper_removes_abandoned_uploads_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_overwrite_leaves_the_content_whole() {
-    const SECRET: &str = "a test secret that is long enough for HS256 use";
     const API: &str = "/internal/services/files/v1/companies/acme/files";
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path());
@@ -341,28 +340,12 @@ async fn an_expired_overwrite_leaves_the_content_whole() {
     config.limits.expire_after = Duration::from_secs(1);
     config.limits.sweep_interval = Some(Duration::from_secs(1));
     let server = TestServer::start_with(config);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mint = |sub: &str, app: Option<&str>| {
-        chunkd::auth::JwtKey::new(SECRET.as_bytes())
-            .unwrap()
-            .mint(&chunkd::auth::Claims {
-                sub: sub.into(),
-                exp: now + 3600,
-                nbf: None,
-                iat: Some(now),
-                companies: vec!["acme".into()],
-                application_id: app.map(str::to_string),
-            })
-    };
     let http = reqwest::Client::new();
     let v1 = data(200_000, 7);
     let part = reqwest::multipart::Part::bytes(v1.clone()).file_name("f.bin");
     let resp = http
         .post(server.url(API))
-        .bearer_auth(mint("alice", None))
+        .bearer_auth(user("alice", "acme"))
         .multipart(reqwest::multipart::Form::new().part("file", part))
         .send()
         .await
@@ -384,7 +367,7 @@ async fn an_expired_overwrite_leaves_the_content_whole() {
     .unwrap();
     let resp = http
         .post(server.url(&format!("{API}/{id}?{q}")))
-        .bearer_auth(mint("bot", Some("bot")))
+        .bearer_auth(application("bot", "acme"))
         .header("content-type", "application/octet-stream")
         .body(v2[..100_000].to_vec())
         .send()
@@ -400,7 +383,7 @@ async fn an_expired_overwrite_leaves_the_content_whole() {
     }
     let got = http
         .get(server.url(&format!("{API}/{id}/download")))
-        .bearer_auth(mint("alice", None))
+        .bearer_auth(user("alice", "acme"))
         .send()
         .await
         .unwrap();

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use chunkd::Config;
-use chunkd::auth::{Claims, JwtKey};
-use common::binary::{SECRET, audit};
+use common::SECRET;
+use common::binary::audit;
 use common::*;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -120,21 +118,6 @@ async fn all_final_chunks_of_many_files_land_at_once() {
     assert!(a.orphans.is_empty() && a.missing.is_empty(), "{a:?}");
 }
 
-fn token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    JwtKey::new(SECRET.as_bytes()).unwrap().mint(&Claims {
-        sub: "alice".into(),
-        exp: now + 3600,
-        nbf: None,
-        iat: Some(now),
-        companies: vec!["acme".into()],
-        application_id: None,
-    })
-}
-
 /// A Files API chunk: multipart, the parameters in the query and the form.
 async fn api_chunk(client: &Client, token: &str, id: &str, up: &Upload, n: usize) -> (u16, Value) {
     let mut form = reqwest::multipart::Form::new();
@@ -158,7 +141,7 @@ async fn api_chunk(client: &Client, token: &str, id: &str, up: &Upload, n: usize
 async fn a_delete_racing_an_upload_leaves_no_bytes_and_no_file() {
     let (dir, _server, client) = server();
     let data_dir = dir.path().join("data");
-    let token = token();
+    let token = common::user("alice", "acme");
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..30u64 {
         let up = Upload::new(&format!("del-{trial}"), data(100_000, trial), 20_000);

@@ -4,47 +4,15 @@
 mod common;
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chunkd::Config;
 use chunkd::auth::{Claims, JwtKey};
-use common::{TestServer, data, files_under, png};
+use common::{SECRET, TestServer, application, claims, data, files_under, mint, now, png, user};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const SECRET: &str = "a test secret that is long enough for HS256 use";
 const API: &str = "/internal/services/files/v1/companies";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn claims(sub: &str, companies: &[&str], app: Option<&str>) -> Claims {
-    Claims {
-        sub: sub.into(),
-        exp: now() + 3600,
-        nbf: None,
-        iat: Some(now()),
-        companies: companies.iter().map(|c| c.to_string()).collect(),
-        application_id: app.map(str::to_string),
-    }
-}
-
-fn mint(c: &Claims) -> String {
-    JwtKey::new(SECRET.as_bytes()).unwrap().mint(c)
-}
-
-fn user(sub: &str, company: &str) -> String {
-    mint(&claims(sub, &[company], None))
-}
-
-fn application(id: &str, company: &str) -> String {
-    mint(&claims(id, &[company], Some(id)))
-}
 
 fn config(dir: &Path) -> Config {
     let mut c = Config::for_data_dir(dir);

@@ -191,37 +191,13 @@ async fn refuses_a_wrong_key_a_live_server_and_a_missing_index() {
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
 }
 
-const SECRET: &str = "a test secret that is long enough for HS256 use";
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thumbnails_are_decrypted_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = chunkd::Config::for_data_dir(dir.path());
     config.auth.secret.value = Some(SECRET.into());
     let server = TestServer::start_with(config);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = chunkd::auth::JwtKey::new(SECRET.as_bytes())
-        .unwrap()
-        .mint(&chunkd::auth::Claims {
-            sub: "bob".into(),
-            exp: now + 3600,
-            nbf: None,
-            iat: Some(now),
-            companies: vec!["acme".into()],
-            application_id: None,
-        });
+    let token = user("bob", "acme");
     let part = reqwest::multipart::Part::bytes(png(300, 200))
         .file_name("p.png")
         .mime_str("image/png")

@@ -8,8 +8,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 
 use rusqlite::{Connection, OpenFlags};
 
-/// The secret the tests sign Files API tokens with.
-pub const SECRET: &str = "a test secret that is long enough for HS256 use";
+use super::SECRET;
 
 /// A running chunkd process.
 pub struct Chunkd {

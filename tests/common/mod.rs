@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 pub mod binary;
 
+use chunkd::auth::{Claims, JwtKey};
 use chunkd::{App, Config};
 use serde_json::Value;
 
@@ -388,4 +389,42 @@ pub fn spool_files(data: &Path) -> Vec<PathBuf> {
     } else {
         Vec::new()
     }
+}
+
+/// The secret the tests sign tokens with (`config.auth.secret.value`, or `CHUNKD_JWT_SECRET`).
+pub const SECRET: &str = "a test secret that is long enough for HS256 use";
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims valid for an hour: a user's, or an application's with `app`.
+pub fn claims(sub: &str, companies: &[&str], app: Option<&str>) -> Claims {
+    Claims {
+        sub: sub.into(),
+        exp: now() + 3600,
+        nbf: None,
+        iat: Some(now()),
+        companies: companies.iter().map(|c| c.to_string()).collect(),
+        application_id: app.map(str::to_string),
+    }
+}
+
+/// A token signed with [`SECRET`].
+pub fn mint(c: &Claims) -> String {
+    JwtKey::new(SECRET.as_bytes()).unwrap().mint(c)
+}
+
+/// A user's token for one company.
+pub fn user(sub: &str, company: &str) -> String {
+    mint(&claims(sub, &[company], None))
+}
+
+/// An application's token for one company.
+pub fn application(id: &str, company: &str) -> String {
+    mint(&claims(id, &[company], Some(id)))
 }
