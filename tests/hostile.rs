@@ -324,11 +324,7 @@ async fn bodies_shorter_or_longer_than_they_declare_store_nothing() {
             .send()
             .await
             .unwrap();
-        let reply = Reply {
-            status: r.status().as_u16(),
-            headers: r.headers().clone(),
-            json: r.json().await.unwrap_or(Value::Null),
-        };
+        let reply = Client::reply(r).await;
         assert_error(&reply, 400, "bad_geometry", &format!("declared {declared}"));
     }
     assert_eq!(held(&data_dir), nothing());
@@ -662,11 +658,7 @@ async fn send_edited(
         client.http.post(url).multipart(form.part("file", part))
     };
     let r = req.send().await.unwrap();
-    Reply {
-        status: r.status().as_u16(),
-        headers: r.headers().clone(),
-        json: r.json().await.unwrap_or(Value::Null),
-    }
+    Client::reply(r).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -816,13 +808,7 @@ async fn hostile_strings_in_the_files_api() {
             .body("{}")
             .send()
     };
-    let reply = |r: reqwest::Response| async move {
-        Reply {
-            status: r.status().as_u16(),
-            headers: r.headers().clone(),
-            json: r.json().await.unwrap_or(Value::Null),
-        }
-    };
+    let reply = |r: reqwest::Response| async move { Client::reply(r).await };
     use reqwest::Method;
     // Company and file ids in the path: control characters, invalid UTF-8, too long.
     let auth = format!("Authorization: Bearer {}\r\n", common::user("u", "acme"));
@@ -924,23 +910,7 @@ async fn bad_encodings_are_refused() {
         ("&x=%", "a lone %"),
         ("&%ff=1", "in a key"),
     ] {
-        for probe in [false, true] {
-            let url = format!("{}/upload?{q}{extra}", client.base);
-            let req = if probe {
-                client.http.get(url)
-            } else {
-                client
-                    .http
-                    .post(url)
-                    .header("content-type", "application/octet-stream")
-                    .body(up.chunk(1).to_vec())
-            };
-            let r = req.send().await.unwrap();
-            let r = Reply {
-                status: r.status().as_u16(),
-                headers: r.headers().clone(),
-                json: r.json().await.unwrap_or(Value::Null),
-            };
+        for r in client.probe_and_post(&up, &format!("{q}{extra}")).await {
             assert_error(&r, 400, "invalid_parameter", what);
         }
     }
@@ -1223,11 +1193,7 @@ async fn malformed_multipart_bodies_store_nothing() {
             .send()
             .await
             .unwrap();
-        let r = Reply {
-            status: r.status().as_u16(),
-            headers: r.headers().clone(),
-            json: r.json().await.unwrap_or(Value::Null),
-        };
+        let r = Client::reply(r).await;
         assert_error(&r, status, code, what);
         assert_eq!(held(&data_dir), nothing(), "{what}");
     }
@@ -1278,25 +1244,7 @@ async fn duplicate_keys_with_different_values_are_refused() {
         ("&resumableFilename=b.bin", "resumableFilename"),
         ("&resumableType=text%2Fhtml", "resumableType"),
     ] {
-        for probe in [true, false] {
-            let url = format!("{}/upload?{q}{extra}", client.base);
-            let r = if probe {
-                client.http.get(url)
-            } else {
-                client
-                    .http
-                    .post(url)
-                    .header("content-type", "application/octet-stream")
-                    .body(up.chunk(1).to_vec())
-            }
-            .send()
-            .await
-            .unwrap();
-            let r = Reply {
-                status: r.status().as_u16(),
-                headers: r.headers().clone(),
-                json: r.json().await.unwrap_or(Value::Null),
-            };
+        for r in client.probe_and_post(&up, &format!("{q}{extra}")).await {
             assert_error(&r, 400, "invalid_parameter", extra);
             assert!(
                 r.json["message"].as_str().unwrap().contains(field),

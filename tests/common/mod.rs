@@ -238,7 +238,8 @@ impl Client {
         }
     }
 
-    async fn reply(resp: reqwest::Response) -> Reply {
+    /// Reads a whole response into a [`Reply`].
+    pub async fn reply(resp: reqwest::Response) -> Reply {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
@@ -280,6 +281,19 @@ impl Client {
             }
         };
         Self::reply(req.send().await.unwrap()).await
+    }
+
+    /// Chunk 1 of `up` sent both ways, as the GET probe and as a raw POST, with `query` as the
+    /// query string: for tests of what either refuses.
+    pub async fn probe_and_post(&self, up: &Upload, query: &str) -> [Reply; 2] {
+        let url = format!("{}/upload?{query}", self.base);
+        let probe = Self::reply(self.http.get(&url).send().await.unwrap()).await;
+        let post = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(up.chunk(1).to_vec());
+        [probe, Self::reply(post.send().await.unwrap()).await]
     }
 
     /// The GET probe for chunk `n`.
