@@ -165,7 +165,7 @@ async fn run_core(http: reqwest::Client, base: String, st: Shared, i: usize, see
     for pair in missing.chunks(2) {
         let replies = futures_util::future::join_all(
             pair.iter()
-                .map(|&n| send(&http, &url, &up, n, (n + i) % 2 == 0, None)),
+                .map(|&n| send(&http, &url, &up, n, (n + i).is_multiple_of(2), None)),
         )
         .await;
         let mut cut = false;
