@@ -260,7 +260,7 @@ impl FileCipher {
     /// Encrypts, in place, consecutive segments of one chunk starting at segment `first`. Every
     /// segment but the last in `buf` must be whole; the last one must be a multiple of 16 bytes.
     ///
-    /// Up to [`LANES`] segments are CBC-encrypted in lockstep, both layers per block: block `i`
+    /// Up to `LANES` segments are CBC-encrypted in lockstep, both layers per block: block `i`
     /// of each lane goes through the inner cipher, then straight through the outer one, so the
     /// AES units always have a batch of independent blocks to work on. The whole loop runs
     /// inside the `aes` crate's backend closures, so it is compiled with the AES instructions

@@ -4,7 +4,7 @@
 //! A file's bytes are the `content` upload; an upload in progress is `pending` until it
 //! completes. A user's first upload and an application's overwrite are both pending uploads; the
 //! commit that completes one swaps `content` in the same transaction
-//! ([`Index::commit_chunk`](super::Index::commit_chunk)), so the old content is served whole until
+//! ([`Index::commit_chunk`](crate::store::Index::commit_chunk)), so the old content is served whole until
 //! that instant and an abandoned overwrite never touches it.
 
 use std::collections::{HashMap, HashSet};
