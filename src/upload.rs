@@ -5,8 +5,9 @@
 //! 3. Find or create the upload in the index; the request must describe the same file.
 //! 4. Stream the body through the cipher into a fresh spool file ([`ChunkWriter`]), never
 //!    holding more than two batches of it, and stop at the first byte too many.
-//! 5. Make the file durable, then commit its row: [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the geometry
-//!    and completes the upload if this was the last chunk missing, in the same transaction.
+//! 5. Make the file durable, then commit its row:
+//!    [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the geometry and
+//!    completes the upload if this was the last chunk missing, in the same transaction.
 //! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
 
 use std::path::PathBuf;
