@@ -14,15 +14,15 @@
 //! It takes the data directory's lock ([`lock_data_dir`]), so it refuses to run beside a live
 //! server, and refuses a key file that is not the one the index was made with.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::app::lock_data_dir;
 use crate::config::{Durability, VerifyArgs};
 use crate::crypto::{FileCipher, GlobalKey};
-use crate::store::{Index, Spool};
+use crate::store::{Index, Spool, Unowned};
 use crate::{download, previews};
 
 /// One thing wrong in the data directory.
@@ -180,16 +180,10 @@ fn check(args: &VerifyArgs) -> Result<usize, Refusal> {
 /// Reads everything the index records, and walks the spool.
 fn scan(index: &Index, spool: &Spool, key: &GlobalKey) -> crate::Result<Report> {
     let mut report = Report::default();
-    // Every spool path a row owns, by upload.
-    let mut owned: HashMap<String, HashSet<PathBuf>> = HashMap::new();
     let mut ciphers: HashMap<String, FileCipher> = HashMap::new();
     for u in index.all_uploads()? {
         report.uploads += 1;
         let chunks = index.chunks(&u.id)?;
-        let paths = owned.entry(u.id.clone()).or_default();
-        for c in &chunks {
-            paths.insert(spool.chunk_path(&u.id, c.number, c.nonce)?);
-        }
         let Some(cipher) = key.file_cipher(&u.wrapped_keys) else {
             report.problems.push(Problem::BadKeys { upload: u.id });
             continue;
@@ -229,10 +223,6 @@ fn scan(index: &Index, spool: &Spool, key: &GlobalKey) -> crate::Result<Report> 
     }
     for (upload, t) in index.all_thumbnails()? {
         report.thumbnails += 1;
-        owned
-            .entry(upload.clone())
-            .or_default()
-            .insert(spool.thumb_path(&upload, t.idx, t.nonce)?);
         let Some(cipher) = ciphers.get(&upload) else {
             continue;
         };
@@ -244,7 +234,13 @@ fn scan(index: &Index, spool: &Spool, key: &GlobalKey) -> crate::Result<Report> 
             });
         }
     }
-    walk_spool(spool, &owned, &mut report.problems)?;
+    for entry in spool.unowned(&index.spool_names()?)? {
+        report.problems.push(match entry {
+            Unowned::Dir(path) => Problem::OrphanDir { path },
+            Unowned::File(path) => Problem::StrayFile { path },
+            Unowned::Other(path) => Problem::Unexpected { path },
+        });
+    }
     Ok(report)
 }
 
@@ -271,39 +267,6 @@ fn geometry_gap(
     let len: u64 = chunks.iter().map(|c| c.len).sum();
     (len != shape.total_size)
         .then(|| format!("its chunks hold {len} bytes, not {}", shape.total_size))
-}
-
-/// Reports what the spool holds that no row owns.
-fn walk_spool(
-    spool: &Spool,
-    owned: &HashMap<String, HashSet<PathBuf>>,
-    problems: &mut Vec<Problem>,
-) -> crate::Result<()> {
-    for entry in sorted_entries(spool.root())? {
-        let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_default();
-        let is_upload = spool.upload_dir(&name).is_ok() && entry.is_dir();
-        match owned.get(&name) {
-            Some(paths) if is_upload => {
-                for f in sorted_entries(&entry)? {
-                    if !paths.contains(&f) {
-                        problems.push(Problem::StrayFile { path: f });
-                    }
-                }
-            }
-            None if is_upload => problems.push(Problem::OrphanDir { path: entry }),
-            _ => problems.push(Problem::Unexpected { path: entry }),
-        }
-    }
-    Ok(())
-}
-
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut v = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    v.sort();
-    Ok(v)
 }
 
 /// Repairs a problem if that is safe; returns whether it did.

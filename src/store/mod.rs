@@ -7,4 +7,4 @@ pub mod spool;
 
 pub use files::{FileMeta, NewFile, Removed, ThumbRow};
 pub use index::{ChunkRow, Commit, FileRow, Index, UploadRow};
-pub use spool::Spool;
+pub use spool::{Spool, Unowned};

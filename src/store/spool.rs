@@ -19,6 +19,25 @@ pub struct Spool {
     durability: Durability,
 }
 
+/// A spool entry that no index row owns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unowned {
+    /// The directory of an upload the index does not know.
+    Dir(PathBuf),
+    /// A file in a known upload's directory that no chunk or thumbnail row names.
+    File(PathBuf),
+    /// Anything else: not a name chunkd makes (readiness probes, an operator's files).
+    Other(PathBuf),
+}
+
+fn sorted_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut v = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<io::Result<Vec<_>>>()?;
+    v.sort();
+    Ok(v)
+}
+
 /// The file name of one write of chunk `number`, in its upload's directory.
 pub fn chunk_name(number: u64, nonce: u64) -> String {
     format!("{number}.{nonce:016x}")
@@ -120,44 +139,57 @@ impl Spool {
         }
     }
 
-    /// Removes every spool entry no index row owns, given `owned` (every upload id, with the
-    /// file names of its committed chunks and thumbnails): directories of uploads whose rows
-    /// are gone (a stop between a delete's or an overwrite's commit and the removal after it, a
-    /// single-request upload that never committed), and, inside the directories of live
-    /// uploads, chunk files whose row never committed (a stop while a chunk was being written or
-    /// made durable). Returns how many entries were removed. Call it before serving, while
-    /// nothing writes.
+    /// Lists, sorted, every spool entry no index row owns, given `owned` (every upload id, with
+    /// the file names of its committed chunks and thumbnails: [`Index::spool_names`]). The one
+    /// walk behind the start-up sweep and `chunkd verify`.
+    ///
+    /// [`Index::spool_names`]: super::Index::spool_names
+    pub fn unowned(&self, owned: &HashMap<String, HashSet<String>>) -> io::Result<Vec<Unowned>> {
+        let mut found = Vec::new();
+        for entry in sorted_entries(&self.root)? {
+            let name = entry
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let is_upload = checked_id(name).is_ok() && entry.is_dir();
+            match owned.get(name) {
+                Some(files) if is_upload => {
+                    for file in sorted_entries(&entry)? {
+                        let fname = file.file_name().and_then(|n| n.to_str());
+                        if !fname.is_some_and(|f| files.contains(f)) {
+                            found.push(Unowned::File(file));
+                        }
+                    }
+                }
+                None if is_upload => found.push(Unowned::Dir(entry)),
+                _ => found.push(Unowned::Other(entry)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes the upload directories and chunk files no index row owns ([`Spool::unowned`]):
+    /// directories of uploads whose rows are gone (a stop between a delete's or an overwrite's
+    /// commit and the removal after it, a single-request upload that never committed), and,
+    /// inside the directories of live uploads, chunk files whose row never committed (a stop
+    /// while a chunk was being written or made durable). Anything else is not chunkd's and is
+    /// left alone. Returns how many entries were removed. Call it before serving, while nothing
+    /// writes.
     pub fn sweep_orphans(&self, owned: &HashMap<String, HashSet<String>>) -> io::Result<usize> {
         let mut removed = 0;
-        for entry in fs::read_dir(&self.root)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if checked_id(name).is_err() {
-                continue;
-            }
-            let Some(files) = owned.get(name) else {
-                tracing::warn!(
-                    upload_id = name,
-                    "removing spool bytes that no index row owns"
-                );
-                fs::remove_dir_all(entry.path())?;
-                removed += 1;
-                continue;
-            };
-            for file in fs::read_dir(entry.path())? {
-                let file = file?;
-                if file.file_name().to_str().is_some_and(|f| files.contains(f)) {
-                    continue;
+        for entry in self.unowned(owned)? {
+            match entry {
+                Unowned::Dir(path) => {
+                    tracing::warn!(path = %path.display(), "removing spool bytes that no index row owns");
+                    fs::remove_dir_all(path)?;
                 }
-                tracing::warn!(
-                    upload_id = name,
-                    file = ?file.file_name(),
-                    "removing a chunk file whose row never committed"
-                );
-                fs::remove_file(file.path())?;
-                removed += 1;
+                Unowned::File(path) => {
+                    tracing::warn!(path = %path.display(), "removing a chunk file whose row never committed");
+                    fs::remove_file(path)?;
+                }
+                Unowned::Other(_) => continue,
             }
+            removed += 1;
         }
         Ok(removed)
     }
