@@ -20,7 +20,7 @@ use common::{Upload, data};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const API: &str = "/internal/services/files/v1/companies/acme/files";
+const API: &str = common::ACME_FILES;
 const KILLS: usize = 15;
 /// Chunk-endpoint files that join at each round, so that every round has fresh work to cut.
 const CORE_PER_ROUND: usize = 3;

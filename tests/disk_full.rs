@@ -14,7 +14,7 @@ use common::binary::audit;
 use common::*;
 use serde_json::Value;
 
-const API: &str = "/internal/services/files/v1/companies/acme/files";
+const API: &str = ACME_FILES;
 
 fn config(data: &Path, quota: Option<u64>) -> Config {
     let mut c = Config::for_data_dir(data);
@@ -25,18 +25,9 @@ fn config(data: &Path, quota: Option<u64>) -> Config {
 
 /// A whole file through the Files API: created, then sent as one chunk; returns its id.
 async fn api_file(client: &Client, token: &str, bytes: Vec<u8>) -> String {
-    let r = client
-        .http
-        .post(format!("{}{API}?filename=big.bin", client.base))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let json: Value = r.json().await.unwrap();
-    let id = json["resource"]["id"].as_str().unwrap().to_string();
+    let r = client.create_file(token, "filename=big.bin").await;
+    assert_eq!(r.status, 200);
+    let id = r.json["resource"]["id"].as_str().unwrap().to_string();
     let up = Upload::new("big", bytes.clone(), bytes.len());
     let r = client
         .http
@@ -228,16 +219,9 @@ async fn a_full_filesystem_under_the_index_too_is_a_503_never_a_500() {
     for i in 0..1000u64 {
         let bytes = data(3_000, i);
         let create = client
-            .http
-            .post(format!("{}{API}?filename=f{i}.bin", client.base))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        let s = create.status().as_u16();
-        let json: Value = create.json().await.unwrap();
+            .create_file(&token, &format!("filename=f{i}.bin"))
+            .await;
+        let (s, json) = (create.status, create.json);
         let id = match s {
             200 => json["resource"]["id"].as_str().unwrap().to_string(),
             503 => {

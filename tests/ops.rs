@@ -333,7 +333,7 @@ async fn the_sweeper_removes_abandoned_uploads_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_overwrite_leaves_the_content_whole() {
-    const API: &str = "/internal/services/files/v1/companies/acme/files";
+    const API: &str = ACME_FILES;
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path());
     config.auth.secret.value = Some(SECRET.into());

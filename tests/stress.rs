@@ -11,7 +11,7 @@ use common::*;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-const API: &str = "/internal/services/files/v1/companies/acme/files";
+const API: &str = ACME_FILES;
 
 fn server() -> (tempfile::TempDir, TestServer, Client) {
     let dir = tempfile::tempdir().unwrap();
@@ -145,20 +145,9 @@ async fn a_delete_racing_an_upload_leaves_no_bytes_and_no_file() {
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for trial in 0..30u64 {
         let up = Upload::new(&format!("del-{trial}"), data(100_000, trial), 20_000);
-        let create = client
-            .http
-            .post(format!("{}{API}?filename=del.bin", client.base))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(create.status(), 200);
-        let id = create.json::<Value>().await.unwrap()["resource"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let create = client.create_file(&token, "filename=del.bin").await;
+        assert_eq!(create.status, 200);
+        let id = create.json["resource"]["id"].as_str().unwrap().to_string();
         let (s, json) = api_chunk(&client, &token, &id, &up, 1).await;
         assert_eq!(s, 200, "{json}");
         // The rest of the chunks and the delete, all at once; the delete is started after a

@@ -342,6 +342,18 @@ impl Client {
         .await
     }
 
+    /// Creates a Files API file in company `acme` as the Twake front end does: the query, a
+    /// body of `{}`.
+    pub async fn create_file(&self, token: &str, query: &str) -> Reply {
+        let req = self
+            .http
+            .post(format!("{}{ACME_FILES}?{query}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body("{}");
+        Self::reply(req.send().await.unwrap()).await
+    }
+
     /// Downloads a file's bytes, asserting a 200.
     pub async fn download(&self, file_id: &str) -> Vec<u8> {
         let resp = self
@@ -404,6 +416,9 @@ pub fn spool_files(data: &Path) -> Vec<PathBuf> {
         Vec::new()
     }
 }
+
+/// The Files API route of company `acme`'s files.
+pub const ACME_FILES: &str = "/internal/services/files/v1/companies/acme/files";
 
 /// The secret the tests sign tokens with (`config.auth.secret.value`, or `CHUNKD_JWT_SECRET`).
 pub const SECRET: &str = "a test secret that is long enough for HS256 use";
