@@ -1,5 +1,6 @@
 //! The shared state of a running server, opened once at start.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{Metrics, SpoolUsage};
 use crate::previews::Previews;
 use crate::router::Cors;
-use crate::store::{Index, Removed, Spool};
+use crate::store::{ChunkRow, Index, Removed, Spool};
 
 /// Everything a request handler may need.
 pub struct App {
@@ -57,8 +58,8 @@ impl App {
         }
         let spool = Spool::open(data.join("spool"), config.storage.durability)?;
         // Bytes left by a stop between a commit and the removal after it (a delete, an
-        // overwrite), by a single-request upload that never committed, or by a chunk whose row
-        // never committed.
+        // overwrite), by a single-request upload that never committed, or by a thumbnail whose
+        // row never committed. (Chunk writes a stop cut off are trimmed below.)
         let owned = index
             .spool_names()
             .map_err(|e| io::Error::other(format!("cannot read the index: {e}")))?;
@@ -163,21 +164,32 @@ pub fn load_jwt(secret: &JwtSecret, data: &Path) -> io::Result<JwtKey> {
     JwtKey::from_env_or_file(None, Some(&path))
 }
 
-/// At start: chunks of incomplete uploads whose file is missing or of the wrong size (a disk
+/// At start: chunks of incomplete uploads whose bytes are missing or cut short (a disk
 /// fault, a hand-edited spool) are forgotten, so that their clients send them again instead of
-/// the upload completing with a hole. Complete files are left to `chunkd verify`. Returns how
-/// many were forgotten.
+/// the upload completing with a hole; then the litter of writes a stop cut off is given back
+/// ([`Spool::trim`]). Complete files are left to `chunkd verify`. Returns how many chunks were
+/// forgotten.
 fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
     let mut lost = Vec::new();
+    let mut kept: HashMap<String, Vec<ChunkRow>> = index
+        .incomplete_uploads()?
+        .into_iter()
+        .map(|id| (id, Vec::new()))
+        .collect();
     for (upload, c) in index.incomplete_chunks()? {
-        let path = spool.chunk_path(&upload, c.number, c.nonce)?;
-        let ok =
-            std::fs::metadata(&path).is_ok_and(|m| m.len() == crate::crypto::sealed_len(c.len));
-        if !ok {
-            tracing::warn!(upload_id = %upload, chunk = c.number, "chunk bytes missing; it will be asked for again");
+        if let Err(why) = spool.check_chunk(&upload, &c) {
+            tracing::warn!(upload_id = %upload, chunk = c.number, %why, "chunk bytes missing; it will be asked for again");
             lost.push((upload, c.number));
+        } else {
+            kept.entry(upload).or_default().push(c);
         }
     }
     index.forget_chunks(&lost)?;
+    for (upload, chunks) in &kept {
+        let freed = spool.trim(upload, chunks)?;
+        if freed > 0 {
+            tracing::info!(upload_id = %upload, bytes = freed, "gave back the bytes of chunk writes a stop cut off");
+        }
+    }
     Ok(lost.len())
 }

@@ -59,7 +59,7 @@ pub fn status_only(status: StatusCode) -> Response<Body> {
 
 /// A request body that fails with [`BodyError::Idle`] once the server has waited `idle` for the
 /// next byte (`--body-timeout`): against clients that open a chunk and then trickle or stall,
-/// holding a connection and a spool file. Only time spent waiting on the client counts, never
+/// holding a connection and a spool region. Only time spent waiting on the client counts, never
 /// time the handler spends elsewhere (the index, the disk).
 pub struct RequestBody {
     inner: Incoming,

@@ -7,10 +7,11 @@
 //! * **Per-file keys**: 32 random bytes `Kf` and 16 random bytes `IVf` per upload, from the
 //!   system CSPRNG. The index stores them wrapped: `W = wIV || AES-256-CBC(Kg, wIV, Kf || IVf)`,
 //!   64 bytes, where `wIV` is 16 fresh random bytes and no padding is used (48 = 3 blocks).
-//! * **Chunks**: each chunk is its own spool file. Its plaintext is PKCS#7-padded as a whole (the
-//!   inner layer pads: 1 to 16 bytes, so a chunk of `L` bytes takes `L - L % 16 + 16` bytes),
-//!   then cut into segments of [`SEGMENT`] bytes (the last one may be shorter). A byte's
-//!   offset in the chunk file equals its plaintext offset in the chunk.
+//! * **Chunks**: each chunk is a region of its upload's data file, from byte `pos` (kept in the
+//!   index; [`crate::store::Spool`]). Its plaintext is PKCS#7-padded as a whole (the inner layer
+//!   pads: 1 to 16 bytes, so a chunk of `L` bytes takes `L - L % 16 + 16` bytes), then cut into
+//!   segments of [`SEGMENT`] bytes (the last one may be shorter). A byte at plaintext offset
+//!   `o` in the chunk is at `pos + o` in the data file.
 //! * **Segments**: segment `s` of chunk `n` (1-based) written with the 64-bit random `nonce`
 //!   (fresh for every write of a chunk, kept in the index) has the tweak
 //!   `T = nonce (8 bytes BE) || n (4 bytes BE) || s (4 bytes BE)`, and is encrypted twice:
@@ -471,6 +472,8 @@ mod tests {
             SEGMENT,
             3 * SEGMENT + 5,
             9 * SEGMENT + 100,
+            16 * SEGMENT,
+            33 * SEGMENT + 48,
         ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let mut buf = plain.clone();

@@ -7,8 +7,7 @@
 //! a failed check (or read) ends the stream with an error, which aborts the connection. So a
 //! client never receives a corrupt file, or a corrupt range, that looks complete.
 
-use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -126,16 +125,12 @@ pub async fn serve_thumbnail(
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Checks before any header is sent that every chunk file is there with its exact size.
+/// Checks before any header is sent that every chunk's bytes are there, by size.
 fn check_spool(app: &App, file: &FileRow) -> Result<()> {
     for c in &file.chunks {
-        let path = app.spool.chunk_path(&file.upload_id, c.number, c.nonce)?;
-        let size = std::fs::metadata(&path)
-            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?
-            .len();
-        if size != crypto::sealed_len(c.len) {
-            return Err(Error::Corrupt(format!("{}: {size} bytes", path.display())));
-        }
+        app.spool
+            .check_chunk(&file.upload_id, c)
+            .map_err(Error::Corrupt)?;
     }
     Ok(())
 }
@@ -398,9 +393,13 @@ pub fn read_chunk(
     send: &mut impl FnMut(Bytes) -> bool,
 ) -> Result<bool> {
     let sealed = crypto::sealed_len(c.len);
-    let path = spool.chunk_path(upload_id, c.number, c.nonce)?;
-    let corrupt = |what: String| Error::Corrupt(format!("{}: {what}", path.display()));
-    let mut f = File::open(&path).map_err(|e| corrupt(e.to_string()))?;
+    let corrupt =
+        |what: String| Error::Corrupt(format!("chunk {} of upload {upload_id}: {what}", c.number));
+    let (mut f, start) = spool
+        .open_chunk(upload_id, c)
+        .map_err(|e| corrupt(e.to_string()))?;
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| corrupt(e.to_string()))?;
     let mut hasher = Xxh3::new();
     let mut held: Option<Bytes> = None;
     let mut pos = 0u64;
@@ -438,13 +437,14 @@ pub fn read_chunk(
         }
         pos += n as u64;
     }
-    // Bytes past the recorded length are damage too.
+    // A chunk in a file of its own: bytes past the recorded length are damage too. (In a data
+    // file, other regions follow.)
     let mut extra = [0u8; 1];
-    if f.read(&mut extra).map_err(|e| corrupt(e.to_string()))? != 0 {
+    if c.pos.is_none() && f.read(&mut extra).map_err(|e| corrupt(e.to_string()))? != 0 {
         return Err(corrupt("longer than recorded".into()));
     }
     if hasher.digest() != c.hash {
-        return Err(corrupt(format!("chunk {} fails its hash", c.number)));
+        return Err(corrupt("fails its hash".into()));
     }
     Ok(held.is_none_or(send))
 }

@@ -13,7 +13,7 @@
 //!   * [`geometry`]: the cutting rule, as pure functions.
 //!   * [`crypto`]: the two-layer cipher and the on-disk format.
 //!   * [`store`]: the SQLite [`store::Index`] (the truth; it mirrors active uploads in memory,
-//!     so their probes and chunks skip SQLite) and the [`store::Spool`] of chunk files.
+//!     so their probes and chunks skip SQLite) and the [`store::Spool`] of data files.
 //! * [`download`]: streaming decryption with Range and conditional requests.
 //! * [`twake`]: the Twake Files API, on the same flow ([`upload::store_chunk`] with
 //!   [`upload::Target::File`]) plus files created before their bytes, overwrites and deletion.

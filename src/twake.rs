@@ -390,13 +390,14 @@ async fn store_classic(
         let mut rows = Vec::with_capacity(written.len());
         let mut guards = Vec::with_capacity(written.len());
         for w in written {
-            app.spool.finish_chunk(w.file, &id)?;
+            app.spool.finish_region(&w.file)?;
             rows.push(w.row);
             guards.push(w.guard);
         }
         app.index
             .insert_complete(&file, &id, &wrapped, shape, &rows)?;
         guards.iter_mut().for_each(|g| g.keep());
+        app.spool.written_out(&id);
         // Counted in before the reservations go, as a chunk's commit does.
         app.usage
             .add(rows.iter().map(|r| crypto::sealed_len(r.len)).sum());

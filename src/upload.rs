@@ -3,14 +3,14 @@
 //! 1. Read the parameters: the query, then (multipart) the form fields before the file part.
 //! 2. [`Params::chunk`] turns any dialect into one [`ChunkParams`].
 //! 3. Find or create the upload in the index; the request must describe the same file.
-//! 4. Stream the body through the cipher into a fresh spool file ([`ChunkWriter`]), never
-//!    holding more than two batches of it, and stop at the first byte too many.
-//! 5. Make the file durable, then commit its row:
+//! 4. Stream the body through the cipher into a fresh region of the upload's data file
+//!    ([`Spool::reserve`](crate::store::Spool::reserve), [`ChunkWriter`]), never holding more
+//!    than two batches of it, and stop at the first byte too many.
+//! 5. Make the region durable, then commit its row:
 //!    [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the geometry and
 //!    completes the upload if this was the last chunk missing, in the same transaction.
 //! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::geometry::Expect;
 use crate::previews;
 use crate::protocol::{ChunkParams, Params};
-use crate::store::{ChunkRow, Commit, Removed, UploadRow};
+use crate::store::{ChunkRow, Commit, Region, Removed, UploadRow, release_region};
 
 /// Plaintext bytes sealed and written at a time: a whole number of segments, small enough that
 /// memory per request stays flat (two batches), large enough that the hand-off of each batch to
@@ -370,7 +370,7 @@ pub async fn store_chunk(
         _ => expect.max(),
     };
     // A raw body's length is known from its Content-Length: a wrong one is refused before a
-    // byte is read or a spool file made.
+    // byte is read or a spool region reserved.
     if let Some(len) = source.known_len() {
         if len > max {
             return Err(Error::Geometry(format!(
@@ -437,7 +437,7 @@ pub async fn store_chunk(
             } = written;
             let done = app
                 .spool
-                .finish_chunk(file, &upload_id)
+                .finish_region(&file)
                 .map_err(Error::from)
                 .and_then(|()| app.index.commit_chunk(&upload_id, &d, chunk));
             let commit = match done {
@@ -454,10 +454,18 @@ pub async fn store_chunk(
                 }
             };
             if let Commit::Stored {
-                replaced, freed, ..
+                replaced,
+                freed,
+                completed,
+                ..
             } = &commit
             {
                 guard.keep();
+                if *completed {
+                    app.spool.written_out(&upload_id);
+                    let chunks = app.index.chunks(&upload_id)?;
+                    app.spool.trim(&upload_id, &chunks)?;
+                }
                 app.usage.add(crypto::sealed_len(chunk.len));
                 if let Some(old) = replaced {
                     // The replaced content's rows are gone; its bytes follow.
@@ -507,16 +515,17 @@ pub async fn store_chunk(
     })
 }
 
-/// A chunk file written and sealed, not yet durable nor committed.
+/// A chunk written and sealed into its region, not yet durable nor committed.
 pub struct Written {
+    /// The upload's data file.
     pub file: std::fs::File,
     pub row: ChunkRow,
-    /// Removes the file unless its row commits.
+    /// Frees the region unless its row commits.
     pub guard: LitterGuard,
 }
 
-/// Streams at most `max` bytes of `source` through the cipher into a fresh file for chunk
-/// `number` of upload `upload_id`. More bytes than `max` are an error, unless `split`: then the
+/// Streams at most `max` bytes of `source` through the cipher into a fresh region of upload
+/// `upload_id`'s data file, as chunk `number`. More bytes than `max` are an error, unless `split`: then the
 /// chunk ends at `max` bytes, the rest stays in `source` for the next chunk, and the returned
 /// flag says whether there is a rest. That lets one stream be cut into several chunks.
 pub async fn write_chunk(
@@ -530,14 +539,14 @@ pub async fn write_chunk(
 ) -> Result<(Written, bool)> {
     let nonce = crypto::random_u64();
     let id = upload_id.to_string();
-    let (file, path) = app
-        .blocking(move |app| {
-            let f = app.spool.create_chunk(&id, number, nonce)?;
-            Ok((f, app.spool.chunk_path(&id, number, nonce)?))
-        })
+    // A raw body's length is exact; otherwise the region is as large as the chunk may be.
+    let most = source.known_len().map_or(max, |len| len.min(max));
+    let region = app
+        .blocking(move |app| Ok(app.spool.reserve(&id, crypto::sealed_len(most))?))
         .await?;
-    let guard = LitterGuard(Some(path));
-    let mut writer = ChunkWriter::new(file, cipher, nonce, number as u32);
+    let pos = region.pos;
+    let guard = LitterGuard::new(&region)?;
+    let mut writer = ChunkWriter::new(region, cipher, nonce, number as u32);
     let mut len = 0u64;
     let mut more = false;
     while let Some(mut data) = source.next().await? {
@@ -571,6 +580,7 @@ pub async fn write_chunk(
         len,
         nonce,
         hash,
+        pos: Some(pos),
     };
     Ok((Written { file, row, guard }, more))
 }
@@ -585,11 +595,20 @@ pub fn new_id() -> String {
         .to_string()
 }
 
-/// Removes a chunk file that never got its index row, however the request ends (an error, a
-/// client that went away, a cancelled task).
-pub struct LitterGuard(Option<PathBuf>);
+/// Frees the region of a chunk that never got its index row, however the request ends (an
+/// error, a client that went away, a cancelled task, another write of the chunk committing
+/// first).
+pub struct LitterGuard(Option<(std::fs::File, u64, u64)>);
 
 impl LitterGuard {
+    fn new(region: &Region) -> Result<Self> {
+        Ok(LitterGuard(Some((
+            region.file.try_clone()?,
+            region.pos,
+            region.len,
+        ))))
+    }
+
     pub fn keep(&mut self) {
         self.0 = None;
     }
@@ -597,11 +616,8 @@ impl LitterGuard {
 
 impl Drop for LitterGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take()
-            && let Err(e) = std::fs::remove_file(&p)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %p.display(), error = %e, "could not remove an uncommitted chunk");
+        if let Some((file, pos, len)) = self.0.take() {
+            release_region(&file, pos, len);
         }
     }
 }
@@ -880,9 +896,11 @@ async fn read_text_field(mut field: multer::Field<'static>) -> Result<String> {
     String::from_utf8(buf).map_err(|_| Error::Multipart("a form field is not UTF-8".into()))
 }
 
-/// The sealing state of one chunk file, moved to a blocking thread for each batch.
+/// The sealing state of one chunk, moved to a blocking thread for each batch.
 struct Sealing {
     file: std::fs::File,
+    /// Where the next batch goes in the data file.
+    pos: u64,
     cipher: Arc<FileCipher>,
     nonce: u64,
     chunk: u32,
@@ -892,7 +910,7 @@ struct Sealing {
 
 impl Sealing {
     fn write(&mut self, buf: &mut Vec<u8>, last: bool) -> std::io::Result<()> {
-        use std::io::Write;
+        use std::os::unix::fs::FileExt;
         self.hasher.update(buf);
         if last {
             crypto::pad(buf);
@@ -900,13 +918,15 @@ impl Sealing {
         self.cipher
             .seal_segments(self.nonce, self.chunk, self.next_segment, buf);
         self.next_segment += (buf.len() / SEGMENT) as u32;
-        self.file.write_all(buf)
+        self.file.write_all_at(buf, self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(())
     }
 }
 
 type Pending = tokio::task::JoinHandle<std::io::Result<(Sealing, Vec<u8>)>>;
 
-/// Streams plaintext into a chunk file through the cipher: one batch is sealed and written on
+/// Streams plaintext into a chunk's region through the cipher: one batch is sealed and written on
 /// a blocking thread while the next one is read from the socket.
 pub struct ChunkWriter {
     idle: Option<Sealing>,
@@ -916,9 +936,10 @@ pub struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    fn new(file: std::fs::File, cipher: Arc<FileCipher>, nonce: u64, chunk: u32) -> Self {
+    fn new(region: Region, cipher: Arc<FileCipher>, nonce: u64, chunk: u32) -> Self {
         let sealing = Sealing {
-            file,
+            file: region.file,
+            pos: region.pos,
             cipher,
             nonce,
             chunk,

@@ -279,11 +279,7 @@ fn repair(index: &Index, spool: &Spool, p: &Problem) -> crate::Result<bool> {
             index.forget_chunks(&[(upload.clone(), *number)])?;
             // Its bytes, if any, now belong to no row.
             if let Some(c) = chunk {
-                let path = spool.chunk_path(upload, c.number, c.nonce)?;
-                match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
+                spool.discard_chunk(upload, &c)?;
             }
         }
         _ => return Ok(false),

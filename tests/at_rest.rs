@@ -154,14 +154,17 @@ async fn openssl_decrypts_the_spool_from_the_format_doc_alone() {
         let (kf, ivf) = (&unwrapped[..32], &unwrapped[32..]);
 
         let mut st = db
-            .prepare("SELECT number, len, nonce FROM chunks WHERE upload_id = ?1 ORDER BY number")
+            .prepare(
+                "SELECT number, len, nonce, pos FROM chunks WHERE upload_id = ?1 ORDER BY number",
+            )
             .unwrap();
-        let chunks: Vec<(u64, u64, u64)> = st
+        let chunks: Vec<(u64, u64, u64, u64)> = st
             .query_map([&upload_id], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     r.get::<_, i64>(1)? as u64,
                     r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
                 ))
             })
             .unwrap()
@@ -170,17 +173,14 @@ async fn openssl_decrypts_the_spool_from_the_format_doc_alone() {
         assert_eq!(chunks.len(), up.total_chunks());
 
         let mut whole = Vec::new();
-        for (n, len, nonce) in chunks {
+        // spool/<upload_id>/data; chunk n's L - L % 16 + 16 sealed bytes from its `pos`.
+        let path = data_dir.join("spool").join(&upload_id).join("data");
+        let file = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        expected_files.insert(path);
+        for (n, len, nonce, pos) in chunks {
             let plain = up.chunk(n as usize);
             assert_eq!(len as usize, plain.len());
-            // spool/<upload_id>/<n>.<nonce as 16 hex>, L - L % 16 + 16 bytes.
-            let path = data_dir
-                .join("spool")
-                .join(&upload_id)
-                .join(format!("{n}.{nonce:016x}"));
-            let sealed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(sealed.len() as u64, len - len % 16 + 16);
-            expected_files.insert(path);
+            let sealed = &file[pos as usize..(pos + len - len % 16 + 16) as usize];
             let segments = sealed.len().div_ceil(SEG);
             for (s, seg) in sealed.chunks(SEG).enumerate() {
                 // T = nonce (8 BE) || n (4 BE) || s (4 BE)
@@ -299,8 +299,8 @@ async fn no_plaintext_anywhere_under_the_data_dir() {
     server.stop();
     // ... and once it has stopped.
     let all = files_under(&data_dir);
-    assert!(all.len() >= 6, "{all:?}"); // key, index, 4 chunks
-    assert_eq!(spool_files(&data_dir).len(), 4);
+    assert!(all.len() >= 3, "{all:?}"); // key, index, the data file of 4 chunks
+    assert_eq!(spool_files(&data_dir).len(), 1);
     assert_eq!(leaks(&data_dir, &plain), Vec::<String>::new());
 }
 
@@ -336,9 +336,9 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 /// Checks that every path under `data` is one chunkd itself names; returns the number of
-/// upload directories and chunk files.
+/// upload directories and data files.
 fn check_layout(data: &Path) -> (usize, usize) {
-    let (mut dirs, mut chunks) = (0, 0);
+    let (mut dirs, mut files) = (0, 0);
     for (rel, is_dir) in tree(data) {
         let parts: Vec<&str> = rel.iter().map(String::as_str).collect();
         let ok = match parts.as_slice() {
@@ -351,14 +351,9 @@ fn check_layout(data: &Path) -> (usize, usize) {
                 dirs += 1;
                 is_dir && is_hex(u, 32)
             }
-            ["spool", u, name] => {
-                chunks += 1;
-                let (n, nonce) = name.split_once('.').unwrap_or(("", ""));
-                !is_dir
-                    && is_hex(u, 32)
-                    && !n.is_empty()
-                    && n.bytes().all(|b| b.is_ascii_digit())
-                    && is_hex(nonce, 16)
+            ["spool", u, "data"] => {
+                files += 1;
+                !is_dir && is_hex(u, 32)
             }
             _ => false,
         };
@@ -367,7 +362,7 @@ fn check_layout(data: &Path) -> (usize, usize) {
             "unexpected path under the data dir: {rel:?} (dir: {is_dir})"
         );
     }
-    (dirs, chunks)
+    (dirs, files)
 }
 
 /// Sends chunk `n` of `up` with `relative_path` as its relative path (raw body).
@@ -471,10 +466,10 @@ async fn hostile_strings_never_become_paths() {
     }
     drop(db);
 
-    assert_eq!(check_layout(&data_dir), (cases.len(), 2 * cases.len()));
+    assert_eq!(check_layout(&data_dir), (cases.len(), cases.len()));
     drop(client);
     server.stop();
-    assert_eq!(check_layout(&data_dir), (cases.len(), 2 * cases.len()));
+    assert_eq!(check_layout(&data_dir), (cases.len(), cases.len()));
     // Nothing appeared beside the data directory, nor where the strings point.
     let beside: Vec<_> = std::fs::read_dir(outer.path())
         .unwrap()

@@ -62,12 +62,12 @@ async fn get_and_head_of_a_multi_chunk_file() {
     let id = client.upload_all(&up).await;
     let (upload_id, completed_at) = index_row(dir.path(), &id);
     assert_eq!(upload_id.len(), 32);
-    // The ETag is the upload id, which is also the spool directory's name.
+    // The ETag is the upload id, which is also the spool directory's name: one data file.
     let dirs: Vec<PathBuf> = spool_files(dir.path())
         .iter()
         .map(|p| p.parent().unwrap().to_path_buf())
         .collect();
-    assert_eq!(dirs.len(), 4);
+    assert_eq!(dirs.len(), 1);
     assert!(
         dirs.iter()
             .all(|d| d.file_name().unwrap() == upload_id.as_str())
@@ -628,20 +628,20 @@ async fn unknown_and_incomplete_files_are_404() {
     assert!(client.download(&file_id).await == *up.data);
 }
 
-/// The spool file of chunk `n` (committed, as the only file named `n.*`).
-fn chunk_file(data: &Path, n: usize) -> PathBuf {
-    let files: Vec<PathBuf> = spool_files(data)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(&format!("{n}."))
-        })
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    files.into_iter().next().unwrap()
+/// Where chunk `n` of the only upload holding one is: its data file, and its region's start.
+fn chunk_region(data: &Path, n: usize) -> (PathBuf, usize) {
+    let db = rusqlite::Connection::open(data.join("index.sqlite")).unwrap();
+    let mut st = db
+        .prepare("SELECT upload_id, pos FROM chunks WHERE number = ?1")
+        .unwrap();
+    let rows: Vec<(String, i64)> = st
+        .query_map([n as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (upload, pos) = &rows[0];
+    (data.join("spool").join(upload).join("data"), *pos as usize)
 }
 
 /// GETs a file (or a range of it) and returns its body only if it arrived whole. The server
@@ -691,8 +691,8 @@ async fn a_flipped_byte_never_yields_a_complete_body() {
     // (chunk, offset in its file): mid chunk 2; the first read batch of the two-batch chunk 4
     // (sent before that chunk's hash is checked); the last byte of chunk 4 (its padding).
     for (n, offset) in [(2, 5_000), (1, 0), (4, 1_000), (4, last_sealed - 1)] {
-        let path = chunk_file(dir.path(), n);
-        flip(&path, offset);
+        let (path, pos) = chunk_region(dir.path(), n);
+        flip(&path, pos + offset);
         // Sizes are intact, so the reply starts as a 200 and the body shows the damage.
         if let Some(body) = fetch_unless_aborted(&client, &id, None, 200).await {
             panic!(
@@ -723,7 +723,7 @@ async fn a_flipped_byte_never_yields_a_complete_body() {
             );
         }
         // Flipping the byte back restores the file: the failure was the flipped byte.
-        flip(&path, offset);
+        flip(&path, pos + offset);
         let range = format!("bytes={}-{}", chunk_start + 60_000, chunk_start + 60_010);
         let resp = get_with(&client, &id, &[("range", range.as_str())]).await;
         assert_eq!(resp.status().as_u16(), 206);
@@ -746,10 +746,11 @@ async fn a_missing_or_truncated_chunk_file_is_a_500_before_any_header() {
     let id = client.upload_all(&up).await;
     let internal = json!({"error": "corrupt", "message": "internal error"});
 
-    // Truncated by one byte: the size check refuses it.
-    let path = chunk_file(dir.path(), 3);
+    // Cut one byte short of chunk 3's end: the size check refuses it.
+    let (path, pos) = chunk_region(dir.path(), 3);
     let saved = std::fs::read(&path).unwrap();
-    std::fs::write(&path, &saved[..saved.len() - 1]).unwrap();
+    let end = pos + 100_003 - 100_003 % 16 + 16;
+    std::fs::write(&path, &saved[..end - 1]).unwrap();
     let r = client.get(&format!("/files/{id}")).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.json, internal);
@@ -823,11 +824,11 @@ async fn a_zero_byte_file_uploads_and_downloads_empty() {
             assert_eq!(hdr(resp.headers(), "content-range"), "bytes */0");
         }
     }
-    // Each empty chunk is stored as one block of padding.
-    let files = spool_files(dir.path());
+    // Each empty chunk is stored as one block of padding, in its upload's data file.
+    let files = data_files(dir.path());
     assert_eq!(files.len(), 2);
-    for f in files {
-        assert_eq!(std::fs::metadata(&f).unwrap().len(), 16);
+    for (upload, size) in files {
+        assert_eq!(size, 16, "{upload}");
     }
 }
 

@@ -48,3 +48,66 @@ async fn uploads_resume_after_a_restart_on_the_same_data_dir() {
     let client = Client::new(&server);
     assert_eq!(client.download(&id).await, *up.data);
 }
+
+/// Turns every chunk of `data`'s data files into a file of its own with a row without `pos`:
+/// the layout of chunkd before data files (`spool/<upload>/<n>.<nonce>`).
+fn to_layout_without_data_files(data: &std::path::Path) -> usize {
+    let db = rusqlite::Connection::open(data.join("index.sqlite")).unwrap();
+    let rows: Vec<(String, i64, i64, i64, i64)> = db
+        .prepare("SELECT upload_id, number, nonce, len, pos FROM chunks")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (upload, n, nonce, len, pos) in &rows {
+        let dir = data.join("spool").join(upload);
+        let file = std::fs::read(dir.join("data")).unwrap();
+        let sealed = (len / 16 + 1) * 16;
+        let region = &file[*pos as usize..(*pos + sealed) as usize];
+        std::fs::write(dir.join(format!("{n}.{:016x}", *nonce as u64)), region).unwrap();
+    }
+    db.execute("UPDATE chunks SET pos = NULL", []).unwrap();
+    for (upload, ..) in &rows {
+        let _ = std::fs::remove_file(data.join("spool").join(upload).join("data"));
+    }
+    rows.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_stored_in_files_of_their_own_are_still_served_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let done = Upload::new("old-done", data(90_000, 21), 20_000);
+    let half = Upload::new("old-half", data(90_000, 22), 20_000);
+    let server = TestServer::start(&data_dir);
+    let client = Client::new(&server);
+    let id = client.upload_all(&done).await;
+    client.upload_in_order(&half, &[1, 3], Via::Octet).await;
+    server.stop();
+    assert_eq!(to_layout_without_data_files(&data_dir), 4 + 2);
+
+    let server = TestServer::start(&data_dir);
+    let client = Client::new(&server);
+    // The old chunks are neither swept nor forgotten at start: they are served as they are...
+    assert_eq!(client.download(&id).await, *done.data);
+    let range = client
+        .http
+        .get(format!("{}/files/{id}", client.base))
+        .header("range", "bytes=39990-40010")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status().as_u16(), 206);
+    assert!(range.bytes().await.unwrap()[..] == done.data[39_990..=40_010]);
+    // ...and an upload half done in the old layout finishes in the new one.
+    assert_eq!(client.probe(&half, 3).await.status, 200);
+    let last = client.upload_in_order(&half, &[2, 4], Via::Octet).await;
+    assert_eq!(last.json["complete"], true);
+    assert_eq!(client.download(&last.file_id()).await, *half.data);
+    server.stop();
+    let a = common::binary::audit(&data_dir);
+    assert!(a.clean(), "{a:?}");
+}

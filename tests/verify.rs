@@ -25,14 +25,14 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The spool file of chunk `n` of the upload under `identifier` (anonymous scope).
-fn chunk_file(data: &Path, identifier: &str, n: u64) -> PathBuf {
+/// Where chunk `n` of the upload under `identifier` (anonymous scope) is: its upload's data
+/// file, and its region's start.
+fn chunk_region(data: &Path, identifier: &str, n: u64) -> (PathBuf, usize) {
     let index = Index::open(&data.join("index.sqlite"), Durability::Safe).unwrap();
     let row = index.find("", identifier).unwrap().expect("the upload");
     let c = index.chunk(&row.id, n).unwrap().expect("the chunk");
-    data.join("spool")
-        .join(&row.id)
-        .join(format!("{n}.{:016x}", c.nonce))
+    let path = data.join("spool").join(&row.id).join("data");
+    (path, c.pos.expect("a chunk in a data file") as usize)
 }
 
 /// A data directory with one complete file and one upload missing its chunk 2.
@@ -79,9 +79,9 @@ async fn a_clean_directory_passes() {
 async fn a_damaged_complete_file_is_reported_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _, file_id) = populate(dir.path()).await;
-    let path = chunk_file(dir.path(), "done", 2);
+    let (path, pos) = chunk_region(dir.path(), "done", 2);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[70_000] ^= 0x01;
+    bytes[pos + 70_000] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
     for repair in [false, true] {
@@ -101,8 +101,8 @@ async fn a_damaged_complete_file_is_reported_and_left_alone() {
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 
-    // A truncated chunk file is caught the same way.
-    std::fs::write(&path, &bytes[..1000]).unwrap();
+    // A data file cut short inside the chunk is caught the same way.
+    std::fs::write(&path, &bytes[..pos + 1000]).unwrap();
     let o = verify(dir.path(), &[]);
     assert_eq!(exit(&o), 1);
     assert!(stdout(&o).contains("ends"), "{}", stdout(&o));
@@ -114,19 +114,20 @@ async fn lost_chunks_and_orphans_are_repaired_and_the_upload_finishes() {
     let (done, half, file_id) = populate(dir.path()).await;
     // Chunk 3 of the incomplete upload is lost, chunk 4 damaged; a directory no row owns, and
     // a stray file in the upload's own directory.
-    let lost = chunk_file(dir.path(), "half", 3);
-    std::fs::remove_file(&lost).unwrap();
-    let damaged = chunk_file(dir.path(), "half", 4);
-    let mut b = std::fs::read(&damaged).unwrap();
-    b[5] ^= 0x80;
-    std::fs::write(&damaged, &b).unwrap();
+    // (Lost: its region reads as zeros, as after a write the disk never made.)
+    let (path, lost) = chunk_region(dir.path(), "half", 3);
+    let (_, damaged) = chunk_region(dir.path(), "half", 4);
+    let mut b = std::fs::read(&path).unwrap();
+    b[lost..lost + 100_016].fill(0);
+    b[damaged + 5] ^= 0x80;
+    std::fs::write(&path, &b).unwrap();
     let orphan = dir
         .path()
         .join("spool")
         .join("0123456789abcdef0123456789abcdef");
     std::fs::create_dir(&orphan).unwrap();
     std::fs::write(orphan.join("1.0000000000000001"), [0u8; 32]).unwrap();
-    let stray = lost.with_file_name("2.00000000000000ff");
+    let stray = path.with_file_name("2.00000000000000ff");
     std::fs::write(&stray, [0u8; 48]).unwrap();
 
     let o = verify(dir.path(), &[]);
@@ -138,12 +139,13 @@ async fn lost_chunks_and_orphans_are_repaired_and_the_upload_finishes() {
     assert!(out.contains("spool file no row owns"), "{out}");
     assert!(out.contains("4 problems, 0 repaired, 4 remaining"), "{out}");
     // Without --repair nothing changed.
-    assert!(orphan.exists() && stray.exists() && damaged.exists());
+    assert!(orphan.exists() && stray.exists());
+    assert_eq!(std::fs::read(&path).unwrap(), b);
 
     let o = verify(dir.path(), &["--repair"]);
     assert_eq!(exit(&o), 0, "{}", stdout(&o));
     assert!(stdout(&o).contains("4 problems, 4 repaired, 0 remaining"));
-    assert!(!orphan.exists() && !stray.exists() && !damaged.exists());
+    assert!(!orphan.exists() && !stray.exists());
     let o = verify(dir.path(), &[]);
     assert_eq!(exit(&o), 0, "{}", stdout(&o));
 

@@ -9,8 +9,9 @@ use aes::Aes256;
 use aes::cipher::{BlockModeEncrypt, KeyIvInit};
 use chunkd::crypto::{self, FileCipher, FileKeys, GlobalKey, SEGMENT};
 
-/// Plaintext sealed per call, as the upload path does (8 segments).
-const BATCH: usize = 8 * SEGMENT;
+/// Plaintext sealed per call, as the upload path does (16 segments, 256 KiB: `BATCH` in
+/// `src/upload.rs`).
+const BATCH: usize = 16 * SEGMENT;
 /// Buffer cycled through, so the figure is the cache-warm cipher cost, as on the server.
 const BUFFER: usize = 1 << 20;
 

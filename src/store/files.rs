@@ -15,7 +15,7 @@ use super::UploadRow;
 use super::index::{
     ChunkRow, FileRow, Index, UPLOAD_COLS, check_open, now_ms, opt_i64, upload_from_row,
 };
-use super::spool::{chunk_name, thumb_name};
+use super::spool::{DATA_FILE, chunk_name, thumb_name};
 use crate::error::{Error, Result};
 use crate::geometry::Shape;
 use crate::protocol::ChunkParams;
@@ -274,8 +274,8 @@ impl Index {
         )?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO chunks(upload_id, number, len, nonce, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO chunks(upload_id, number, len, nonce, hash, pos) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for ch in chunks {
                 st.execute(params![
@@ -283,7 +283,8 @@ impl Index {
                     ch.number as i64,
                     ch.len as i64,
                     ch.nonce as i64,
-                    ch.hash as i64
+                    ch.hash as i64,
+                    opt_i64(ch.pos)
                 ])?;
             }
         }
@@ -411,12 +412,22 @@ impl Index {
         Ok(sealed_bytes(&self.conn(), None)?)
     }
 
-    /// Every chunk of an incomplete upload: (upload id, chunk), for the startup check that
+    /// The ids of every incomplete upload.
+    pub fn incomplete_uploads(&self) -> Result<Vec<String>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id FROM uploads WHERE completed_at IS NULL")?;
+        let ids = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
+    /// Every committed chunk of an incomplete upload, with its upload's id: at start, chunkd checks
     /// their bytes are still there.
     pub fn incomplete_chunks(&self) -> Result<Vec<(String, ChunkRow)>> {
         let c = self.conn();
         let mut st = c.prepare(
-            "SELECT c.upload_id, c.number, c.len, c.nonce, c.hash FROM chunks c \
+            "SELECT c.upload_id, c.number, c.len, c.nonce, c.hash, c.pos FROM chunks c \
              JOIN uploads u ON u.id = c.upload_id WHERE u.completed_at IS NULL",
         )?;
         let rows = st
@@ -428,6 +439,7 @@ impl Index {
                         len: r.get::<_, i64>(2)? as u64,
                         nonce: r.get::<_, i64>(3)? as u64,
                         hash: r.get::<_, i64>(4)? as u64,
+                        pos: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
                     },
                 ))
             })?
@@ -457,17 +469,17 @@ impl Index {
         Ok(())
     }
 
-    /// Every upload id, with the spool file names of its committed chunks and thumbnails: all
-    /// the spool may hold ([`Spool::sweep_orphans`](super::Spool::sweep_orphans)).
+    /// Every upload id, with the spool file names it owns (its data file, its thumbnails and any
+    /// chunks stored in files of their own before data files existed): all the spool may hold ([`Spool::sweep_orphans`](super::Spool::sweep_orphans)).
     pub fn spool_names(&self) -> Result<HashMap<String, HashSet<String>>> {
         let c = self.conn();
         let mut owned: HashMap<String, HashSet<String>> = HashMap::new();
         let mut st = c.prepare("SELECT id FROM uploads")?;
         for id in st.query_map([], |r| r.get::<_, String>(0))? {
-            owned.insert(id?, HashSet::new());
+            owned.insert(id?, HashSet::from([DATA_FILE.to_string()]));
         }
         let mut st = c.prepare(
-            "SELECT upload_id, number, nonce, 0 FROM chunks \
+            "SELECT upload_id, number, nonce, 0 FROM chunks WHERE pos IS NULL \
              UNION ALL SELECT upload_id, idx, nonce, 1 FROM thumbnails",
         )?;
         let rows = st.query_map([], |r| {

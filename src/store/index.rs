@@ -55,7 +55,9 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE UNIQUE INDEX IF NOT EXISTS uploads_identity ON uploads(scope, identifier);
 CREATE INDEX IF NOT EXISTS uploads_file ON uploads(file_id);
 
--- Committed chunks. Their bytes are in spool/<upload_id>/<number>.<nonce as 16 hex digits>.
+-- Committed chunks. Their sealed bytes are in spool/<upload_id>/data from byte `pos` on (a
+-- column added later: see ADDED_COLUMNS); rows without `pos` are from before the data file, with
+-- their bytes in spool/<upload_id>/<number>.<nonce as 16 hex digits>.
 CREATE TABLE IF NOT EXISTS chunks (
     upload_id TEXT NOT NULL REFERENCES uploads(id) ON DELETE CASCADE,
     number    INTEGER NOT NULL,
@@ -94,6 +96,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // Whom the file counts against for --max-open-uploads while it has no content
     // (access::owner); NULL in rows made before the limit existed.
     ("files", "owner", "TEXT"),
+    // Where a chunk's sealed bytes start in its upload's data file; NULL in rows made when every
+    // chunk had a file of its own (still read from there).
+    ("chunks", "pos", "INTEGER"),
 ];
 
 /// Indexes on added columns, created once the columns exist. Only files without content are
@@ -132,6 +137,9 @@ pub struct ChunkRow {
     pub len: u64,
     pub nonce: u64,
     pub hash: u64,
+    /// Where its sealed bytes start in the upload's data file; `None`: in a file of its own,
+    /// as chunks were stored before data files ([`crate::store::Spool`]).
+    pub pos: Option<u64>,
 }
 
 /// What committing a chunk did.
@@ -305,7 +313,7 @@ impl Index {
             chunk_in(&c, &row.id, number)?
         } else {
             let mut st = c.prepare_cached(
-                "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1",
+                "SELECT number, len, nonce, hash, pos FROM chunks WHERE upload_id = ?1",
             )?;
             let all: Vec<ChunkRow> = st
                 .query_map([&row.id], chunk_from_row)?
@@ -474,7 +482,7 @@ impl Index {
         };
         let existing: Option<ChunkRow> = tx
             .query_row(
-                "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 AND number = ?2",
+                "SELECT number, len, nonce, hash, pos FROM chunks WHERE upload_id = ?1 AND number = ?2",
                 params![upload_id, chunk.number as i64],
                 chunk_from_row,
             )
@@ -492,16 +500,18 @@ impl Index {
         let shape = shape.merge(declared)?.settle(chunk.number, chunk.len)?;
         let received = received as u64 + 1;
         let now = now_ms();
-        tx.execute(
-            "INSERT INTO chunks(upload_id, number, len, nonce, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                upload_id,
-                chunk.number as i64,
-                chunk.len as i64,
-                chunk.nonce as i64,
-                chunk.hash as i64
-            ],
-        )?;
+        tx.prepare_cached(
+            "INSERT INTO chunks(upload_id, number, len, nonce, hash, pos) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            upload_id,
+            chunk.number as i64,
+            chunk.len as i64,
+            chunk.nonce as i64,
+            chunk.hash as i64,
+            opt_i64(chunk.pos)
+        ])?;
         let completed = shape.total_chunks == Some(received);
         tx.execute(
             "UPDATE uploads SET chunk_size = ?2, total_chunks = ?3, received = ?4, updated_at = ?5, \
@@ -612,7 +622,7 @@ impl Index {
 
 fn chunks_of(c: &Connection, upload_id: &str) -> rusqlite::Result<Vec<ChunkRow>> {
     let mut st = c.prepare_cached(
-        "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 ORDER BY number",
+        "SELECT number, len, nonce, hash, pos FROM chunks WHERE upload_id = ?1 ORDER BY number",
     )?;
     st.query_map([upload_id], chunk_from_row)?.collect()
 }
@@ -629,7 +639,7 @@ fn find_in(c: &Connection, scope: &str, identifier: &str) -> Result<Option<Uploa
 
 fn chunk_in(c: &Connection, upload_id: &str, number: u64) -> Result<Option<ChunkRow>> {
     Ok(c.prepare_cached(
-        "SELECT number, len, nonce, hash FROM chunks WHERE upload_id = ?1 AND number = ?2",
+        "SELECT number, len, nonce, hash, pos FROM chunks WHERE upload_id = ?1 AND number = ?2",
     )?
     .query_row(params![upload_id, number as i64], chunk_from_row)
     .optional()?)
@@ -641,6 +651,7 @@ fn chunk_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
         len: r.get::<_, i64>(1)? as u64,
         nonce: r.get::<_, i64>(2)? as u64,
         hash: r.get::<_, i64>(3)? as u64,
+        pos: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
     })
 }
 
@@ -694,6 +705,7 @@ mod tests {
             len: 10,
             nonce: n,
             hash: n,
+            pos: Some(n * 16),
         }
     }
 

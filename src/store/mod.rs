@@ -1,4 +1,4 @@
-//! Storage: the SQLite index (the truth) and the spool of encrypted chunk files.
+//! Storage: the SQLite index (the truth) and the spool of encrypted chunks.
 
 mod active;
 pub mod files;
@@ -7,4 +7,4 @@ pub mod spool;
 
 pub use files::{FileMeta, NewFile, Removed, ThumbRow};
 pub use index::{ChunkRow, Commit, FileRow, Index, UploadRow};
-pub use spool::{Spool, Unowned};
+pub use spool::{Region, Spool, Unowned, release_region};

@@ -98,46 +98,77 @@ pub fn index(data: &Path) -> Connection {
         .expect("the index opens read-only")
 }
 
-/// What the spool holds that the index does not explain.
+/// What [`audit`] found wrong.
 #[derive(Debug, Default)]
 pub struct Audit {
     /// Spool directories and files no row owns.
     pub orphans: Vec<PathBuf>,
-    /// Committed chunks whose file is missing or of the wrong size.
+    /// Committed chunks and thumbnails whose bytes are missing or cut short.
     pub missing: Vec<String>,
+    /// Committed chunks whose regions of a data file overlap.
+    pub overlaps: Vec<String>,
+    /// Data files holding more disk space than their committed chunks need (plus a block per
+    /// region boundary): bytes of writes that never committed and were not given back.
+    pub litter: Vec<String>,
 }
 
-/// Compares the spool of `data` with its index, file by file. Call it while nothing writes.
+impl Audit {
+    /// Nothing missing and nothing unowned, bytes of cut-off writes included.
+    pub fn clean(&self) -> bool {
+        self.orphans.is_empty()
+            && self.missing.is_empty()
+            && self.overlaps.is_empty()
+            && self.litter.is_empty()
+    }
+}
+
+/// Compares the spool of `data` with its index. Call it while nothing writes.
 pub fn audit(data: &Path) -> Audit {
+    use std::os::unix::fs::MetadataExt;
     let db = index(data);
-    let mut owned: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    let sealed = |len: u64| (len / 16 + 1) * 16;
+    // Per upload: the files it owns by name, with their sizes, and its data file's regions.
+    let mut files: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    let mut regions: HashMap<String, Vec<(u64, u64, u64)>> = HashMap::new();
     let mut st = db.prepare("SELECT id FROM uploads").unwrap();
     for id in st.query_map([], |r| r.get::<_, String>(0)).unwrap() {
-        owned.insert(id.unwrap(), HashMap::new());
+        files.insert(id.unwrap(), HashMap::new());
     }
     let mut st = db
         .prepare(
-            "SELECT upload_id, number || '.' || printf('%016x', nonce), len FROM chunks \
-             UNION ALL SELECT upload_id, 't' || idx || '.' || printf('%016x', nonce), len \
-             FROM thumbnails",
+            "SELECT upload_id, number, nonce, len, pos FROM chunks \
+             UNION ALL SELECT upload_id, -idx - 1, nonce, len, NULL FROM thumbnails",
         )
         .unwrap();
     let rows = st
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })
         .unwrap();
     for row in rows {
-        let (upload, name, len) = row.unwrap();
-        // Sealed size: the plaintext padded to the next whole block.
-        owned
-            .entry(upload)
-            .or_default()
-            .insert(name, (len / 16 + 1) * 16);
+        let (upload, n, nonce, len, pos) = row.unwrap();
+        match pos {
+            Some(pos) => {
+                regions
+                    .entry(upload)
+                    .or_default()
+                    .push((pos as u64, sealed(len), n as u64))
+            }
+            None => {
+                let name = if n < 0 {
+                    format!("t{}.{nonce:016x}", -n - 1)
+                } else {
+                    format!("{n}.{nonce:016x}")
+                };
+                files.entry(upload).or_default().insert(name, sealed(len));
+            }
+        }
     }
     let mut audit = Audit::default();
     let spool = data.join("spool");
@@ -146,15 +177,42 @@ pub fn audit(data: &Path) -> Audit {
         for dir in std::fs::read_dir(&spool).unwrap() {
             let dir = dir.unwrap();
             let upload = dir.file_name().to_string_lossy().into_owned();
-            let Some(files) = owned.get(&upload) else {
+            let Some(owned) = files.get(&upload) else {
                 audit.orphans.push(dir.path());
                 continue;
             };
             for f in std::fs::read_dir(dir.path()).unwrap() {
                 let f = f.unwrap();
                 let name = f.file_name().to_string_lossy().into_owned();
-                match files.get(&name) {
-                    Some(&len) if f.metadata().unwrap().len() == len => {
+                let meta = f.metadata().unwrap();
+                if name == "data" {
+                    let mut r = regions.get(&upload).cloned().unwrap_or_default();
+                    r.sort_unstable();
+                    let mut end = 0;
+                    for &(pos, len, n) in &r {
+                        if pos < end {
+                            audit.overlaps.push(format!("{upload}: chunk {n} at {pos}"));
+                        }
+                        end = end.max(pos + len);
+                        if meta.len() < pos + len {
+                            audit
+                                .missing
+                                .push(format!("{upload}/data: chunk {n} cut short"));
+                        }
+                    }
+                    let need: u64 = r.iter().map(|&(_, len, _)| len).sum();
+                    let slack = 4096 * (2 * r.len() as u64 + 1);
+                    let held = meta.blocks() * 512;
+                    if held > need + slack {
+                        audit.litter.push(format!(
+                            "{upload}/data: {held} bytes on disk for {need} bytes of chunks"
+                        ));
+                    }
+                    seen.insert((upload.clone(), name));
+                    continue;
+                }
+                match owned.get(&name) {
+                    Some(&len) if meta.len() == len => {
                         seen.insert((upload.clone(), name));
                     }
                     Some(_) => audit.missing.push(format!("{upload}/{name} (wrong size)")),
@@ -163,11 +221,18 @@ pub fn audit(data: &Path) -> Audit {
             }
         }
     }
-    for (upload, files) in &owned {
-        for name in files.keys() {
+    for (upload, owned) in &files {
+        for name in owned.keys() {
             if !seen.contains(&(upload.clone(), name.clone())) {
                 audit.missing.push(format!("{upload}/{name}"));
             }
+        }
+    }
+    for (upload, r) in &regions {
+        if !seen.contains(&(upload.clone(), "data".to_string())) {
+            audit
+                .missing
+                .push(format!("{upload}/data ({} chunks)", r.len()));
         }
     }
     audit

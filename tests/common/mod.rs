@@ -407,7 +407,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The chunk files in the spool (committed or not).
+/// The files in the spool: data files and thumbnails.
 pub fn spool_files(data: &Path) -> Vec<PathBuf> {
     let spool = data.join("spool");
     if spool.exists() {
@@ -415,6 +415,31 @@ pub fn spool_files(data: &Path) -> Vec<PathBuf> {
     } else {
         Vec::new()
     }
+}
+
+/// The disk space the spool's files take (allocated blocks, not apparent sizes): what a chunk
+/// whose write failed must not leave behind.
+pub fn spool_bytes(data: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    spool_files(data)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().blocks() * 512)
+        .sum()
+}
+
+/// Each data file in the spool: (upload id, apparent size).
+pub fn data_files(data: &Path) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = spool_files(data)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "data"))
+        .map(|p| {
+            let upload = p.parent().unwrap().file_name().unwrap();
+            let size = std::fs::metadata(&p).unwrap().len();
+            (upload.to_string_lossy().into_owned(), size)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The Files API route of company `acme`'s files.
