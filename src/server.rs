@@ -13,6 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::app::App;
+
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB). A chunk's
+/// bytes pass through it on their way to the cipher, and while a piece of it is still being
+/// sealed hyper reads into a fresh one, so with many uploads in flight these buffers were most
+/// of the server's memory. Also the longest request head accepted.
+const READ_BUFFER: usize = 128 * 1024;
 use crate::router;
 
 /// Serves `app` on an already bound listener until `shutdown` resolves, then waits up to the
@@ -31,6 +37,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     // Without a timer hyper silently disables the header-read timeout.
     http.timer(TokioTimer::new())
         .header_read_timeout(app.config.net.header_timeout)
+        .max_buf_size(READ_BUFFER)
         .keep_alive(true);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
