@@ -545,7 +545,7 @@ pub async fn write_chunk(
         .blocking(move |app| Ok(app.spool.reserve(&id, crypto::sealed_len(most))?))
         .await?;
     let pos = region.pos;
-    let guard = LitterGuard::new(&region)?;
+    let mut guard = LitterGuard::new(&region)?;
     let mut writer = ChunkWriter::new(region, cipher, nonce, number as u32);
     let mut len = 0u64;
     let mut more = false;
@@ -575,6 +575,7 @@ pub async fn write_chunk(
         source.finish().await?;
     }
     let (file, hash) = writer.finish().await?;
+    guard.shrink(crypto::sealed_len(len));
     let row = ChunkRow {
         number,
         len,
@@ -611,6 +612,17 @@ impl LitterGuard {
 
     pub fn keep(&mut self) {
         self.0 = None;
+    }
+
+    /// Gives back the end of the region that a chunk shorter than its largest size left
+    /// unused (its blocks were allocated with the region).
+    fn shrink(&mut self, used: u64) {
+        if let Some((file, pos, len)) = &mut self.0
+            && used < *len
+        {
+            release_region(file, *pos + used, *len - used);
+            *len = used;
+        }
     }
 }
 
