@@ -186,9 +186,14 @@ fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
     }
     index.forget_chunks(&lost)?;
     for (upload, chunks) in &kept {
-        let freed = spool.trim(upload, chunks)?;
-        if freed > 0 {
-            tracing::info!(upload_id = %upload, bytes = freed, "gave back the bytes of chunk writes a stop cut off");
+        match spool.trim(upload, chunks) {
+            Ok(0) => {}
+            Ok(freed) => {
+                tracing::info!(upload_id = %upload, bytes = freed, "gave back the bytes of chunk writes a stop cut off")
+            }
+            Err(e) => {
+                tracing::warn!(upload_id = %upload, error = %e, "could not give back the bytes of chunk writes a stop cut off")
+            }
         }
     }
     Ok(lost.len())

@@ -463,8 +463,14 @@ pub async fn store_chunk(
                 guard.keep();
                 if *completed {
                     app.spool.written_out(&upload_id);
-                    let chunks = app.index.chunks(&upload_id)?;
-                    app.spool.trim(&upload_id, &chunks)?;
+                    // Best effort: the upload is complete whatever this does.
+                    let trimmed = app
+                        .index
+                        .chunks(&upload_id)
+                        .and_then(|chunks| Ok(app.spool.trim(&upload_id, &chunks)?));
+                    if let Err(e) = trimmed {
+                        tracing::warn!(upload_id = %upload_id, error = %e, "could not give back the bytes of uncommitted writes");
+                    }
                 }
                 app.usage.add(crypto::sealed_len(chunk.len));
                 if let Some(old) = replaced {
@@ -525,9 +531,10 @@ pub struct Written {
 }
 
 /// Streams at most `max` bytes of `source` through the cipher into a fresh region of upload
-/// `upload_id`'s data file, as chunk `number`. More bytes than `max` are an error, unless `split`: then the
-/// chunk ends at `max` bytes, the rest stays in `source` for the next chunk, and the returned
-/// flag says whether there is a rest. That lets one stream be cut into several chunks.
+/// `upload_id`'s data file, as chunk `number`. More bytes than `max` are an error, unless
+/// `split`: then the chunk ends at `max` bytes, the rest stays in `source` for the next chunk,
+/// and the returned flag says whether there is a rest. That lets one stream be cut into several
+/// chunks.
 pub async fn write_chunk(
     app: &Arc<App>,
     upload_id: &str,

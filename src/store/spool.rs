@@ -189,10 +189,10 @@ impl Spool {
         let file = self.open_data(upload_id)?;
         // Past every region handed out (the file covers them): after a restart, the in-memory
         // end starts from here.
-        let written = file.metadata()?.len();
+        let covered = file.metadata()?.len();
         let pos = {
             let mut end = self.ends.entry(upload_id.to_string()).or_insert(0);
-            let pos = (*end).max(written).next_multiple_of(ALIGN);
+            let pos = (*end).max(covered).next_multiple_of(ALIGN);
             *end = pos + len;
             pos
         };
@@ -214,7 +214,8 @@ impl Spool {
     /// Gives back every byte of an upload's data file outside the regions of `chunks` (its
     /// committed chunks): the litter of writes cut off by a crash, which no guard freed.
     /// Called when nothing more can commit into the file: on completion (a write still in
-    /// flight then can only lose) and at start (nothing writes). Returns the bytes given back.
+    /// flight then can only lose) and at start (nothing writes). Returns the disk space given
+    /// back (none when an earlier trim or the writes' guards already did).
     pub fn trim(&self, upload_id: &str, chunks: &[ChunkRow]) -> io::Result<u64> {
         let file = match OpenOptions::new()
             .write(true)
@@ -224,22 +225,24 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        let size = file.metadata()?.len();
+        use std::os::unix::fs::MetadataExt;
+        let before = file.metadata()?;
+        let size = before.len();
         let mut regions: Vec<(u64, u64)> = chunks
             .iter()
             .filter_map(|c| Some((c.pos?, c.pos? + sealed_len(c.len))))
             .collect();
         regions.sort_unstable();
         regions.push((size, size));
-        let (mut at, mut freed) = (0u64, 0u64);
+        let mut at = 0u64;
         for (start, end) in regions {
             if start > at {
                 release_region(&file, at, start - at);
-                freed += start - at;
             }
             at = at.max(end);
         }
-        Ok(freed)
+        let after = file.metadata()?.blocks();
+        Ok(before.blocks().saturating_sub(after) * 512)
     }
 
     /// Forgets an upload's region end once nothing more will be written to it (it completed).
