@@ -1,7 +1,7 @@
 //! The two-layer cipher in memory, through chunkd's own code: `cargo bench --bench cipher`.
 //!
-//! `seal/128KiB` is what the upload path does per batch (8 segments); `open/128KiB` is the
-//! download path. Compare with `openssl speed -evp aes-256-cbc -bytes 16384` (one layer, one
+//! `seal/256KiB` is what the upload path does per batch (16 segments, `BATCH` in
+//! `src/upload.rs`); `open/128KiB` is the download path's batch. Compare with `openssl speed -evp aes-256-cbc -bytes 16384` (one layer, one
 //! chain) on the same machine; `examples/bench.rs` does both in one run.
 
 use std::hint::black_box;
@@ -20,6 +20,7 @@ fn bench(c: &mut Criterion) {
     for (label, len) in [
         ("16KiB", SEGMENT),
         ("128KiB", 8 * SEGMENT),
+        ("256KiB", 16 * SEGMENT),
         ("1MiB", 64 * SEGMENT),
     ] {
         let mut buf = vec![0x42u8; len];
