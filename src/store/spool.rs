@@ -234,10 +234,13 @@ impl Spool {
             .collect();
         regions.sort_unstable();
         regions.push((size, size));
+        // Whole blocks only: the rest of a region's last block holds nothing to give back, and
+        // zeroing it for every chunk made completions slow.
         let mut at = 0u64;
         for (start, end) in regions {
-            if start > at {
-                release_region(&file, at, start - at);
+            let from = at.next_multiple_of(ALIGN);
+            if start > from {
+                release_region(&file, from, start - from);
             }
             at = at.max(end);
         }
@@ -419,5 +422,80 @@ impl Spool {
             .create_new(true)
             .open(&path)?;
         fs::remove_file(&path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn row(number: u64, region: &Region, len: u64) -> ChunkRow {
+        ChunkRow {
+            number,
+            len,
+            nonce: number,
+            hash: 0,
+            pos: Some(region.pos),
+        }
+    }
+
+    #[test]
+    fn regions_never_overlap_and_trim_gives_back_only_what_no_row_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool"), Durability::Fast).unwrap();
+        let len = 300_000u64;
+        let sealed = sealed_len(len);
+        let regions: Vec<Region> = (0..3).map(|_| spool.reserve(ID, sealed).unwrap()).collect();
+        for w in regions.windows(2) {
+            assert!(w[0].pos + w[0].len <= w[1].pos, "regions overlap");
+            assert_eq!(w[1].pos % ALIGN, 0, "regions start on a page boundary");
+        }
+        // Chunks 1 and 3 commit; the write of chunk 2 was cut off halfway (no guard ran).
+        for (i, r) in regions.iter().enumerate() {
+            let n = if i == 1 { sealed / 2 } else { sealed };
+            r.file
+                .write_all_at(&vec![i as u8 + 1; n as usize], r.pos)
+                .unwrap();
+        }
+        let rows = [row(1, &regions[0], len), row(3, &regions[2], len)];
+        let blocks = |s: &Spool| fs::metadata(s.data_path(ID).unwrap()).unwrap().blocks() * 512;
+        let before = blocks(&spool);
+        let freed = spool.trim(ID, &rows).unwrap();
+        assert!(
+            freed >= sealed - 2 * ALIGN,
+            "{freed} of the lost region's {sealed}"
+        );
+        assert_eq!(blocks(&spool), before - freed);
+        assert_eq!(
+            spool.trim(ID, &rows).unwrap(),
+            0,
+            "nothing more to give back"
+        );
+        // The committed regions are intact; after a restart, new regions start past all three.
+        let data = fs::read(spool.data_path(ID).unwrap()).unwrap();
+        for (i, r) in [(0, &regions[0]), (2, &regions[2])] {
+            let bytes = &data[r.pos as usize..(r.pos + sealed) as usize];
+            assert!(
+                bytes.iter().all(|&b| b == i as u8 + 1),
+                "region {i} damaged"
+            );
+        }
+        let restarted = Spool::open(dir.path().join("spool"), Durability::Fast).unwrap();
+        assert!(restarted.reserve(ID, 16).unwrap().pos >= regions[2].pos + sealed);
+    }
+
+    #[test]
+    fn a_released_region_holds_no_disk_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool"), Durability::Fast).unwrap();
+        let r = spool.reserve(ID, 1 << 20).unwrap();
+        r.file.write_all_at(&[7u8; 1 << 20], r.pos).unwrap();
+        r.file.sync_all().unwrap();
+        release_region(&r.file, r.pos, r.len);
+        let meta = fs::metadata(spool.data_path(ID).unwrap()).unwrap();
+        assert_eq!(meta.blocks(), 0, "every block of the region is given back");
     }
 }
