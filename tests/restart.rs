@@ -111,3 +111,48 @@ async fn chunks_stored_in_files_of_their_own_are_still_served_and_resumed() {
     let a = common::binary::audit(&data_dir);
     assert!(a.clean(), "{a:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_whose_bytes_never_reached_the_disk_is_asked_for_again() {
+    // What a power loss in fast mode can leave: a region of the right size with no bytes in it
+    // (its blocks were allocated, its data never written back), shown by a punched hole.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let up = Upload::new("power-loss", data(80_000, 31), 20_000);
+    let server = TestServer::start(&data_dir);
+    let client = Client::new(&server);
+    client.upload_in_order(&up, &[1, 2, 3], Via::Octet).await;
+    server.stop();
+    let db = rusqlite::Connection::open(data_dir.join("index.sqlite")).unwrap();
+    let (upload, pos): (String, i64) = db
+        .query_row(
+            "SELECT upload_id, pos FROM chunks WHERE number = 2",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let path = data_dir.join("spool").join(&upload).join("data");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let size = file.metadata().unwrap().len();
+    use rustix::fs::{FallocateFlags, fallocate};
+    let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    fallocate(&file, punch, pos as u64, 8192).unwrap();
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        size,
+        "the size alone tells nothing"
+    );
+
+    let server = TestServer::start(&data_dir);
+    let client = Client::new(&server);
+    assert_eq!(client.probe(&up, 1).await.status, 200);
+    assert_eq!(
+        client.probe(&up, 2).await.status,
+        204,
+        "chunk 2 is asked for again"
+    );
+    assert_eq!(client.probe(&up, 3).await.status, 200);
+    let last = client.upload_in_order(&up, &[2, 4], Via::Octet).await;
+    assert_eq!(last.json["complete"], true);
+    assert_eq!(client.download(&last.file_id()).await, *up.data);
+}

@@ -274,8 +274,13 @@ impl Spool {
         }
     }
 
-    /// Whether a committed chunk's sealed bytes are all there (by size: the contents are
-    /// checked when they are read); the reason if not.
+    /// Whether a committed chunk's sealed bytes are all there, by size and, in a data file, by
+    /// allocation (the contents are checked when they are read); the reason if not.
+    ///
+    /// A region's blocks are allocated before its bytes are written, so after a power loss in
+    /// `fast` mode a region can have its size but not its bytes: the file system then reports
+    /// it as a hole (`SEEK_HOLE`), which this finds. Where the file system cannot tell, a file
+    /// is all data, and only the size is checked.
     pub fn check_chunk(&self, upload_id: &str, c: &ChunkRow) -> Result<(), String> {
         let sealed = sealed_len(c.len);
         let (path, need) = match c.pos {
@@ -283,21 +288,28 @@ impl Spool {
             None => (self.chunk_path(upload_id, c.number, c.nonce), sealed),
         };
         let path = path.map_err(|e| e.to_string())?;
-        let size = fs::metadata(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
-        let ok = match c.pos {
-            Some(_) => size >= need,
-            None => size == need,
+        let what = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let file = File::open(&path).map_err(|e| what(&e))?;
+        let size = file.metadata().map_err(|e| what(&e))?.len();
+        let short = match c.pos {
+            Some(_) => size < need,
+            None => size != need,
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
+        if short {
+            return Err(format!(
                 "{}: {size} bytes, chunk {} needs {need}",
                 path.display(),
                 c.number
-            ))
+            ));
+        }
+        let start = c.pos.unwrap_or(0);
+        match rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start)) {
+            Ok(hole) if hole < need => Err(format!(
+                "{}: chunk {} has no bytes on disk from offset {hole}",
+                path.display(),
+                c.number
+            )),
+            _ => Ok(()),
         }
     }
 
