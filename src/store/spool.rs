@@ -37,6 +37,9 @@ pub const DATA_FILE: &str = "data";
 /// whole blocks on disk, as it did when it had a file of its own.
 const ALIGN: u64 = 4096;
 
+/// The most of a region allocated before its bytes arrive ([`Spool::reserve`]).
+const PREALLOCATE: u64 = 128 << 20;
+
 /// The spool directory and the durability it writes with.
 pub struct Spool {
     root: PathBuf,
@@ -201,8 +204,10 @@ impl Spool {
         // full for the chunk says so before its body is read. Where it is not supported, the
         // writes allocate as they go. The file grows to cover the region (ext4 does not punch
         // holes past a file's end, and a region may have to be given back).
+        // At most PREALLOCATE of it: a chunk whose size is not known yet gets a region as large
+        // as it may be, which can be the whole file.
         use rustix::fs::{FallocateFlags, fallocate};
-        match fallocate(&file, FallocateFlags::empty(), pos, len) {
+        match fallocate(&file, FallocateFlags::empty(), pos, len.min(PREALLOCATE)) {
             Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT => {
                 return Err(e.into());
             }
