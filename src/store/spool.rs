@@ -190,8 +190,8 @@ impl Spool {
     /// A fresh region of `len` bytes of an upload's data file, for one write of one chunk.
     pub fn reserve(&self, upload_id: &str, len: u64) -> io::Result<Region> {
         let file = self.open_data(upload_id)?;
-        // Past every region handed out (the file covers them): after a restart, the in-memory
-        // end starts from here.
+        // Past every byte written and every block allocated: after a restart (no write in
+        // flight), the in-memory end starts from here, and nothing committed lies past it.
         let covered = file.metadata()?.len();
         let pos = {
             let mut end = self.ends.entry(upload_id.to_string()).or_insert(0);
@@ -202,10 +202,10 @@ impl Spool {
         // The region's blocks are allocated now: that takes ext4's per-block delayed-allocation
         // work off every write (perf: 7% of the server's CPU on 1 MiB chunks), and a disk too
         // full for the chunk says so before its body is read. Where it is not supported, the
-        // writes allocate as they go. The file grows to cover the region (ext4 does not punch
-        // holes past a file's end, and a region may have to be given back).
-        // At most PREALLOCATE of it: a chunk whose size is not known yet gets a region as large
-        // as it may be, which can be the whole file.
+        // writes allocate as they go. The file grows over what is allocated (ext4 punches no
+        // holes past a file's end, and a region may have to be given back). At most
+        // PREALLOCATE of it: a chunk whose size is not known yet gets a region as large as it
+        // may be, which can be the whole file.
         use rustix::fs::{FallocateFlags, fallocate};
         match fallocate(&file, FallocateFlags::empty(), pos, len.min(PREALLOCATE)) {
             Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT => {
