@@ -109,14 +109,15 @@ impl hyper::body::Body for RequestBody {
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Read)))
             }
             Poll::Pending => {
-                let deadline = Instant::now() + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.armed {
-                    timer.as_mut().reset(deadline);
+                    let deadline = Instant::now() + this.idle;
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                     this.armed = true;
                 }
+                let timer = this.timer.as_mut().expect("armed above");
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.timed_out = true;

@@ -13,13 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::app::App;
+use crate::router;
 
 /// The most a connection's read buffer grows to (hyper's default is about 400 KiB). A chunk's
 /// bytes pass through it on their way to the cipher, and while a piece of it is still being
 /// sealed hyper reads into a fresh one, so with many uploads in flight these buffers were most
 /// of the server's memory. Also the longest request head accepted.
 const READ_BUFFER: usize = 128 * 1024;
-use crate::router;
 
 /// Serves `app` on an already bound listener until `shutdown` resolves, then waits up to the
 /// configured grace for requests in flight. Only `main` binds a real address; tests bind

@@ -552,7 +552,7 @@ pub async fn write_chunk(
         .blocking(move |app| Ok(app.spool.reserve(&id, crypto::sealed_len(most))?))
         .await?;
     let pos = region.pos;
-    let mut guard = LitterGuard::new(&region)?;
+    let guard = LitterGuard::new(&region)?;
     let mut writer = ChunkWriter::new(region, cipher, nonce, number as u32);
     let mut len = 0u64;
     let mut more = false;
@@ -582,7 +582,6 @@ pub async fn write_chunk(
         source.finish().await?;
     }
     let (file, hash) = writer.finish().await?;
-    guard.shrink(crypto::sealed_len(len));
     let row = ChunkRow {
         number,
         len,
@@ -619,17 +618,6 @@ impl LitterGuard {
 
     pub fn keep(&mut self) {
         self.0 = None;
-    }
-
-    /// Gives back the end of the region that a chunk shorter than its largest size left
-    /// unused (its blocks were allocated with the region).
-    fn shrink(&mut self, used: u64) {
-        if let Some((file, pos, len)) = &mut self.0
-            && used < *len
-        {
-            release_region(file, *pos + used, *len - used);
-            *len = used;
-        }
     }
 }
 
@@ -920,6 +908,8 @@ struct Sealing {
     file: std::fs::File,
     /// Where the next batch goes in the data file.
     pos: u64,
+    /// The end of the chunk's region.
+    end: u64,
     cipher: Arc<FileCipher>,
     nonce: u64,
     chunk: u32,
@@ -939,6 +929,11 @@ impl Sealing {
         self.next_segment += (buf.len() / SEGMENT) as u32;
         self.file.write_all_at(buf, self.pos)?;
         self.pos += buf.len() as u64;
+        if last && self.pos < self.end {
+            // A chunk shorter than its largest size: the rest of its region was allocated
+            // with it, and is given back.
+            release_region(&self.file, self.pos, self.end - self.pos);
+        }
         Ok(())
     }
 }
@@ -983,6 +978,7 @@ impl ChunkWriter {
         let sealing = Sealing {
             file: region.file,
             pos: region.pos,
+            end: region.pos + region.len,
             cipher,
             nonce,
             chunk,

@@ -312,12 +312,7 @@ impl Index {
         let chunk = if row.completed_at.is_some() {
             chunk_in(&c, &row.id, number)?
         } else {
-            let mut st = c.prepare_cached(
-                "SELECT number, len, nonce, hash, pos FROM chunks WHERE upload_id = ?1",
-            )?;
-            let all: Vec<ChunkRow> = st
-                .query_map([&row.id], chunk_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+            let all = chunks_of(&c, &row.id)?;
             let chunk = all.iter().find(|ch| ch.number == number).copied();
             self.active.insert(scope, row.clone(), all);
             chunk

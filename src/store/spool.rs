@@ -268,15 +268,19 @@ impl Spool {
         Ok(())
     }
 
+    /// Where a committed chunk's sealed bytes are: the file, where in it they start, and
+    /// whether the file is the chunk's own (the layout before data files, a row without `pos`).
+    fn chunk_place(&self, upload_id: &str, c: &ChunkRow) -> io::Result<(PathBuf, u64, bool)> {
+        match c.pos {
+            Some(pos) => Ok((self.data_path(upload_id)?, pos, false)),
+            None => Ok((self.chunk_path(upload_id, c.number, c.nonce)?, 0, true)),
+        }
+    }
+
     /// Opens a committed chunk's sealed bytes: the file, and where in it they start.
     pub fn open_chunk(&self, upload_id: &str, c: &ChunkRow) -> io::Result<(File, u64)> {
-        match c.pos {
-            Some(pos) => Ok((File::open(self.data_path(upload_id)?)?, pos)),
-            None => Ok((
-                File::open(self.chunk_path(upload_id, c.number, c.nonce)?)?,
-                0,
-            )),
-        }
+        let (path, start, _) = self.chunk_place(upload_id, c)?;
+        Ok((File::open(path)?, start))
     }
 
     /// Whether a committed chunk's sealed bytes are all there, by size and, in a data file, by
@@ -287,27 +291,19 @@ impl Spool {
     /// it as a hole (`SEEK_HOLE`), which this finds. Where the file system cannot tell, a file
     /// is all data, and only the size is checked.
     pub fn check_chunk(&self, upload_id: &str, c: &ChunkRow) -> Result<(), String> {
-        let sealed = sealed_len(c.len);
-        let (path, need) = match c.pos {
-            Some(pos) => (self.data_path(upload_id), pos + sealed),
-            None => (self.chunk_path(upload_id, c.number, c.nonce), sealed),
-        };
-        let path = path.map_err(|e| e.to_string())?;
+        let (path, start, own) = self.chunk_place(upload_id, c).map_err(|e| e.to_string())?;
+        let need = start + sealed_len(c.len);
         let what = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let file = File::open(&path).map_err(|e| what(&e))?;
         let size = file.metadata().map_err(|e| what(&e))?.len();
-        let short = match c.pos {
-            Some(_) => size < need,
-            None => size != need,
-        };
-        if short {
+        // A file of its own holds the chunk exactly; a data file holds other regions too.
+        if size < need || (own && size != need) {
             return Err(format!(
                 "{}: {size} bytes, chunk {} needs {need}",
                 path.display(),
                 c.number
             ));
         }
-        let start = c.pos.unwrap_or(0);
         match rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start)) {
             Ok(hole) if hole < need => Err(format!(
                 "{}: chunk {} has no bytes on disk from offset {hole}",
@@ -321,20 +317,17 @@ impl Spool {
     /// Removes a committed chunk's bytes (its row is gone): frees its region, or removes its
     /// own file.
     pub fn discard_chunk(&self, upload_id: &str, c: &ChunkRow) -> io::Result<()> {
-        match c.pos {
-            Some(pos) => {
-                if let Ok(f) = OpenOptions::new()
-                    .write(true)
-                    .open(self.data_path(upload_id)?)
-                {
-                    release_region(&f, pos, sealed_len(c.len));
-                }
-                Ok(())
+        let (path, start, own) = self.chunk_place(upload_id, c)?;
+        if !own {
+            // Best effort, as every release: a region no row names is never read.
+            if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+                release_region(&f, start, sealed_len(c.len));
             }
-            None => match fs::remove_file(self.chunk_path(upload_id, c.number, c.nonce)?) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            return Ok(());
+        }
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 
