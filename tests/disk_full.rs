@@ -29,17 +29,22 @@ async fn api_file(client: &Client, token: &str, bytes: Vec<u8>) -> String {
     assert_eq!(r.status, 200);
     let id = r.json["resource"]["id"].as_str().unwrap().to_string();
     let up = Upload::new("big", bytes.clone(), bytes.len());
-    let r = client
+    assert_eq!(api_octet(client, token, &id, &up, 1).await.status, 200);
+    id
+}
+
+/// Chunk `n` of `up` to the Files API file `id`, as a raw body.
+async fn api_octet(client: &Client, token: &str, id: &str, up: &Upload, n: usize) -> Reply {
+    let resp = client
         .http
-        .post(format!("{}{API}/{id}?{}", client.base, up.query(1)))
+        .post(format!("{}{API}/{id}?{}", client.base, up.query(n)))
         .bearer_auth(token)
         .header("content-type", "application/octet-stream")
-        .body(bytes)
+        .body(up.chunk(n).to_vec())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    id
+    Client::reply(resp).await
 }
 
 /// The single-request upload.
@@ -235,19 +240,9 @@ async fn a_full_filesystem_under_the_index_too_is_a_503_never_a_500() {
             _ => panic!("create {i}: {s} {json}"),
         };
         let up = Upload::new("small", bytes.clone(), 3_000);
-        let r = client
-            .http
-            .post(format!("{}{API}/{id}?{}", client.base, up.query(1)))
-            .bearer_auth(&token)
-            .header("content-type", "application/octet-stream")
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        let retry = r.headers().contains_key("retry-after");
-        let json: Value = r.json().await.unwrap_or(Value::Null);
-        match s {
+        let r = api_octet(&client, &token, &id, &up, 1).await;
+        let (retry, json) = (r.headers.contains_key("retry-after"), r.json);
+        match r.status {
             200 => stored.push((id, bytes)),
             503 => {
                 assert!(retry, "{json}");
@@ -285,17 +280,8 @@ async fn a_full_filesystem_under_the_index_too_is_a_503_never_a_500() {
         .unwrap();
     assert!(grown.success());
     if let Some((id, bytes)) = refused {
-        let up = Upload::new("small", bytes.clone(), 3_000);
-        let r = client
-            .http
-            .post(format!("{}{API}/{id}?{}", client.base, up.query(1)))
-            .bearer_auth(&token)
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let up = Upload::new("small", bytes, 3_000);
+        assert_eq!(api_octet(&client, &token, &id, &up, 1).await.status, 200);
     }
     for (id, _) in stored.iter().take(10) {
         api_delete(&client, &token, id).await;

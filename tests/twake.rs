@@ -828,17 +828,7 @@ async fn require_auth_on_the_chunk_endpoint() {
     let mut c = config(dir.path());
     c.auth.require_auth = true;
     let server = TestServer::start_with(c);
-    let client_for = |token: &str| {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        common::Client {
-            http: reqwest::Client::builder()
-                .default_headers(h)
-                .build()
-                .unwrap(),
-            base: server.url(""),
-        }
-    };
+    let client_for = |token: &str| common::Client::with_token(&server, token);
     let anon = common::Client::new(&server);
     let alice = client_for(&user("alice", "acme"));
     let bob = client_for(&user("bob", "acme"));
@@ -884,15 +874,7 @@ async fn require_auth_on_chunk_endpoint_thumbnails() {
     c.auth.require_auth = true;
     let server = TestServer::start_with(c);
     let token = user("alice", "acme");
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let alice = common::Client {
-        http: reqwest::Client::builder()
-            .default_headers(h)
-            .build()
-            .unwrap(),
-        base: server.url(""),
-    };
+    let alice = common::Client::with_token(&server, &token);
     let anon = common::Client::new(&server);
     let api = Api::new(&server);
     let bob = user("bob", "acme");

@@ -238,6 +238,19 @@ impl Client {
         }
     }
 
+    /// A client whose every request carries `Authorization: Bearer <token>`.
+    pub fn with_token(server: &TestServer, token: &str) -> Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        Client {
+            http: reqwest::Client::builder()
+                .default_headers(h)
+                .build()
+                .unwrap(),
+            base: server.url(""),
+        }
+    }
+
     /// Reads a whole response into a [`Reply`].
     pub async fn reply(resp: reqwest::Response) -> Reply {
         let status = resp.status().as_u16();
