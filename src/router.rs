@@ -65,9 +65,27 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// A short random request id: 48 bits as 12 hex digits, enough to tell a day's requests apart.
+/// A short request id: 48 bits as 12 hex digits, enough to tell a day's requests apart.
+///
+/// Ids only tie log lines to a client's report; they need to be distinct, not secret. So they
+/// come from a counter started at a random point and scrambled by a bijection (splitmix64's
+/// finaliser) rather than from the system's random source: a `getrandom` call per request was
+/// a measurable part of a probe's cost. Successive ids still look unrelated, and two runs of
+/// the server do not repeat each other's sequence.
 fn request_id() -> String {
-    format!("{:012x}", crate::crypto::random_u64() >> 16)
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(crate::crypto::random_u64);
+    let mut z = start.wrapping_add(
+        NEXT.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    format!("{:012x}", z >> 16)
 }
 
 /// The path as logged: at most 200 bytes of it (it comes from the client).
@@ -117,7 +135,10 @@ async fn route(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Bod
     if path == upload_path {
         return match method {
             Method::GET | Method::HEAD => upload::probe(app, req).await,
-            Method::POST | Method::PUT => upload::post_chunk(app, req).await,
+            // Boxed, as is the Files API below: their futures are several KiB, and unboxed they
+            // would make every request's future (probes included) that large, to be moved by
+            // hyper on each one.
+            Method::POST | Method::PUT => Box::pin(upload::post_chunk(app, req)).await,
             _ => Err(Error::MethodNotAllowed {
                 allow: "GET, HEAD, POST, PUT, OPTIONS",
             }),
@@ -132,7 +153,7 @@ async fn route(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Bod
         };
     }
     if let Some(rest) = path.strip_prefix(twake::PREFIX) {
-        return twake::handle(app, req, rest).await;
+        return Box::pin(twake::handle(app, req, rest)).await;
     }
     if let Some(rest) = path.strip_prefix("/files/") {
         let parts: Vec<&str> = rest.split('/').collect();
