@@ -39,7 +39,11 @@ fn bench(c: &mut Criterion) {
         })
     });
     // Multipart: the fields come from the form, and the query repeats them (Resumable.js).
-    let form: Vec<(String, String)> = chunkd::protocol::parse_query(RESUMABLE).unwrap();
+    let form: Vec<(String, String)> = chunkd::protocol::parse_query(RESUMABLE)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     g.bench_function("resumable_form_and_query", |b| {
         b.iter(|| {
             let mut p = Params::from_query(Some(black_box(RESUMABLE))).unwrap();

@@ -60,7 +60,7 @@ fn unauthorized(e: AuthError) -> Error {
 
 /// The caller's verified principal, from `Authorization: Bearer`, or from `?token=` where
 /// `query_token` is allowed (links that cannot send headers).
-pub fn principal(app: &App, headers: &HeaderMap, query: Option<&Params>) -> Result<Principal> {
+pub fn principal(app: &App, headers: &HeaderMap, query: Option<&Params<'_>>) -> Result<Principal> {
     let from_query = match query {
         Some(p) => p.get(&["token"])?,
         None => None,
@@ -72,7 +72,7 @@ pub fn principal(app: &App, headers: &HeaderMap, query: Option<&Params>) -> Resu
 }
 
 /// The scope of a chunk-endpoint call: anonymous, or the principal's with `--require-auth`.
-pub fn core_scope(app: &App, headers: &HeaderMap, query: Option<&Params>) -> Result<String> {
+pub fn core_scope(app: &App, headers: &HeaderMap, query: Option<&Params<'_>>) -> Result<String> {
     if !app.config.auth.require_auth {
         return Ok(ANONYMOUS.to_string());
     }
@@ -84,7 +84,7 @@ pub fn core_scope(app: &App, headers: &HeaderMap, query: Option<&Params>) -> Res
 pub fn member(
     app: &App,
     headers: &HeaderMap,
-    query: Option<&Params>,
+    query: Option<&Params<'_>>,
     company: &str,
 ) -> Result<Principal> {
     let p = principal(app, headers, query)?;
@@ -103,7 +103,7 @@ pub fn signed_query(app: &App, scope: &str, file_id: &str) -> String {
 }
 
 /// Checks a `?sig=` for `file_id` in `scope`; `Ok(false)` if there is none.
-pub fn signed(app: &App, query: &Params, scope: &str, file_id: &str) -> Result<bool> {
+pub fn signed(app: &App, query: &Params<'_>, scope: &str, file_id: &str) -> Result<bool> {
     match query.get(&["sig"])? {
         None => Ok(false),
         Some(sig) => {

@@ -7,6 +7,8 @@
 //! values, whether in one place or across form and query, is refused: chunkd cannot know which
 //! one the client meant.
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
 use crate::geometry::Declared;
 
@@ -33,15 +35,18 @@ pub mod names {
 }
 
 /// The key/value pairs of one request: form fields (before the file part) and the query string.
+///
+/// Query pairs borrow from the request's URI unless they had to be decoded: a probe's dozen
+/// parameters would otherwise cost two dozen allocations, a large part of answering it.
 #[derive(Debug, Default, Clone)]
-pub struct Params {
+pub struct Params<'q> {
     pub form: Vec<(String, String)>,
-    pub query: Vec<(String, String)>,
+    pub query: Vec<(Cow<'q, str>, Cow<'q, str>)>,
 }
 
-impl Params {
+impl<'q> Params<'q> {
     /// Parses a raw query string strictly (see [`parse_query`]).
-    pub fn from_query(raw: Option<&str>) -> Result<Self> {
+    pub fn from_query(raw: Option<&'q str>) -> Result<Self> {
         Ok(Params {
             form: Vec::new(),
             query: parse_query(raw.unwrap_or(""))?,
@@ -51,14 +56,15 @@ impl Params {
     /// The one value given under any of `names`; form fields win over the query string.
     pub fn get(&self, names: &'static [&'static str]) -> Result<Option<&str>> {
         let label = names[0];
-        fn pick<'a>(
-            pairs: &'a [(String, String)],
+        fn pick<'a, K: AsRef<str> + 'a, V: AsRef<str> + 'a>(
+            pairs: impl IntoIterator<Item = &'a (K, V)>,
             names: &[&str],
             label: &'static str,
         ) -> Result<Option<&'a str>> {
             let mut found: Option<&str> = None;
             for (k, v) in pairs {
-                if names.contains(&k.as_str()) {
+                let v = v.as_ref();
+                if names.contains(&k.as_ref()) {
                     match found {
                         Some(prev) if prev != v => {
                             return Err(Error::invalid(label, "given twice with different values"));
@@ -153,20 +159,57 @@ pub struct ChunkParams {
 
 /// Parses `application/x-www-form-urlencoded` strictly: a `%` not followed by two hex digits, or
 /// bytes that are not UTF-8 after decoding, are errors rather than silently replaced characters.
-pub fn parse_query(raw: &str) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.push((decode_component(k)?, decode_component(v)?));
+///
+/// One pass over the bytes finds the pairs, their `=` and whether they hold any escape; a pair
+/// without one is borrowed as it stands (a probe's query is parsed on every probe).
+pub fn parse_query(raw: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
+    type Pairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+    fn push<'a>(
+        out: &mut Pairs<'a>,
+        pair: &'a str,
+        eq: Option<usize>,
+        escaped: bool,
+    ) -> Result<()> {
+        if pair.is_empty() {
+            return Ok(());
+        }
+        // Cut at an ASCII `=`, so always at a character boundary.
+        let (k, v) = match eq {
+            Some(e) => (&pair[..e], &pair[e + 1..]),
+            None => (pair, ""),
+        };
+        out.push(if escaped {
+            (decode_component(k)?, decode_component(v)?)
+        } else {
+            (Cow::Borrowed(k), Cow::Borrowed(v))
+        });
         if out.len() > 256 {
             return Err(Error::invalid("query", "more than 256 parameters"));
         }
+        Ok(())
     }
+    let mut out = Vec::with_capacity(16);
+    let (mut start, mut eq, mut escaped) = (0, None, false);
+    for (i, &b) in raw.as_bytes().iter().enumerate() {
+        match b {
+            b'&' => {
+                push(&mut out, &raw[start..i], eq, escaped)?;
+                (start, eq, escaped) = (i + 1, None, false);
+            }
+            b'=' if eq.is_none() => eq = Some(i - start),
+            b'%' | b'+' => escaped = true,
+            _ => {}
+        }
+    }
+    push(&mut out, &raw[start..], eq, escaped)?;
     Ok(out)
 }
 
-fn decode_component(s: &str) -> Result<String> {
+fn decode_component(s: &str) -> Result<Cow<'_, str>> {
     let bytes = s.as_bytes();
+    if !bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return Ok(Cow::Borrowed(s));
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -191,7 +234,9 @@ fn decode_component(s: &str) -> Result<String> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| Error::invalid("query", "not valid UTF-8 once decoded"))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| Error::invalid("query", "not valid UTF-8 once decoded"))
 }
 
 /// Parses a decimal count: ASCII digits only, no sign, no overflow.
@@ -230,7 +275,7 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
-    fn q(s: &str) -> Params {
+    fn q(s: &str) -> Params<'_> {
         Params::from_query(Some(s)).unwrap()
     }
 
@@ -297,5 +342,28 @@ mod tests {
             assert!(parse_number("n", bad).is_err(), "{bad}");
         }
         assert_eq!(parse_number("n", "18446744073709551615").unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn pairs_split_at_the_first_equals_and_borrow_unless_escaped() {
+        let pairs = parse_query("&a=1=2&&b&c=&=d&e+f=g%26h&").unwrap();
+        let plain: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            plain,
+            [
+                ("a", "1=2"),
+                ("b", ""),
+                ("c", ""),
+                ("", "d"),
+                ("e f", "g&h")
+            ]
+        );
+        for (k, v) in &pairs[..4] {
+            assert!(matches!((k, v), (Cow::Borrowed(_), Cow::Borrowed(_))));
+        }
+        assert!(matches!(pairs[4].0, Cow::Owned(_)));
+        assert!(parse_query("").unwrap().is_empty());
+        assert_eq!(parse_query(&"x&".repeat(256)).unwrap().len(), 256);
+        assert!(parse_query(&"x&".repeat(257)).is_err());
     }
 }

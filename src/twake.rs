@@ -225,7 +225,7 @@ async fn reply_resource(app: &Arc<App>, company: &str, file_id: String) -> Resul
     Ok(json_response(StatusCode::OK, &Wrapped { resource }))
 }
 
-fn new_file(p: &Principal, company: &str, params: &Params) -> Result<NewFile> {
+fn new_file(p: &Principal, company: &str, params: &Params<'_>) -> Result<NewFile> {
     Ok(NewFile {
         id: new_id(),
         scope: company_scope(company),
@@ -241,7 +241,7 @@ fn new_file(p: &Principal, company: &str, params: &Params) -> Result<NewFile> {
     })
 }
 
-fn wants_thumbnail(params: &Params) -> Result<bool> {
+fn wants_thumbnail(params: &Params<'_>) -> Result<bool> {
     Ok(matches!(
         params.get(&["thumbnail_sync"])?,
         Some("1" | "true")
@@ -329,7 +329,7 @@ async fn store_classic(
     app: &Arc<App>,
     p: &Principal,
     company: &str,
-    params: &Params,
+    params: &Params<'_>,
     source: &mut ChunkBody,
 ) -> Result<(String, String)> {
     let mut file = new_file(p, company, params)?;

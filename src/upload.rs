@@ -292,7 +292,7 @@ pub enum Target {
 
 /// A chunk stored (or found already stored), and where its upload stands.
 pub struct Stored {
-    pub row: UploadRow,
+    pub row: Arc<UploadRow>,
     pub number: u64,
     pub received: u64,
     pub total: Option<u64>,
@@ -349,7 +349,7 @@ pub async fn store_chunk(
                             || (new_id(), keys()),
                         )?;
                         let existing = app.index.chunk(&row.id, req.declared.number)?;
-                        Ok((row, shape, existing))
+                        Ok((Arc::new(row), shape, existing))
                     }
                 }
             })
@@ -690,7 +690,7 @@ impl ChunkBody {
         app: &App,
         headers: &hyper::HeaderMap,
         body: RequestBody,
-        params: &mut Params,
+        params: &mut Params<'_>,
     ) -> Result<ChunkBody> {
         let limit = app.config.limits.max_chunk_size;
         let content_length = headers
@@ -710,7 +710,7 @@ impl ChunkBody {
         headers: &hyper::HeaderMap,
         body: RequestBody,
         limit: u64,
-        params: &mut Params,
+        params: &mut Params<'_>,
     ) -> Result<ChunkBody> {
         let ctype = headers
             .get(header::CONTENT_TYPE)

@@ -14,6 +14,7 @@
 //! them from SQLite.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
@@ -21,7 +22,9 @@ use super::index::{ChunkRow, UploadRow};
 
 /// One incomplete upload, as the index last committed it.
 struct Entry {
-    row: UploadRow,
+    /// Shared with the lookups that found it: a probe costs a reference count, not a copy of
+    /// six strings. A commit that changes it copies it if a lookup still holds it.
+    row: Arc<UploadRow>,
     chunks: HashMap<u64, ChunkRow>,
 }
 
@@ -33,7 +36,14 @@ pub(super) struct Active {
 
 /// The map key of (scope, identifier): the scope's length first, so that no two pairs collide.
 fn key(scope: &str, identifier: &str) -> String {
-    format!("{}:{scope}{identifier}", scope.len())
+    // Built by hand: `format!` costs more than the map lookup it is for, on every probe.
+    let len = scope.len().to_string();
+    let mut k = String::with_capacity(len.len() + 1 + scope.len() + identifier.len());
+    k.push_str(&len);
+    k.push(':');
+    k.push_str(scope);
+    k.push_str(identifier);
+    k
 }
 
 impl Active {
@@ -44,13 +54,13 @@ impl Active {
         scope: &str,
         identifier: &str,
         number: u64,
-    ) -> Option<(UploadRow, Option<ChunkRow>)> {
+    ) -> Option<(Arc<UploadRow>, Option<ChunkRow>)> {
         let e = self.map.get(&key(scope, identifier))?;
-        Some((e.row.clone(), e.chunks.get(&number).copied()))
+        Some((Arc::clone(&e.row), e.chunks.get(&number).copied()))
     }
 
     /// Caches an incomplete upload read from the index (call with the index lock held).
-    pub(super) fn insert(&self, scope: &str, row: UploadRow, chunks: Vec<ChunkRow>) {
+    pub(super) fn insert(&self, scope: &str, row: Arc<UploadRow>, chunks: Vec<ChunkRow>) {
         if row.completed_at.is_some() {
             return;
         }
@@ -81,8 +91,9 @@ impl Active {
             && e.row.id == upload_id
         {
             e.chunks.insert(chunk.number, chunk);
-            e.row.received = received;
-            e.row.shape = shape;
+            let row = Arc::make_mut(&mut e.row);
+            row.received = received;
+            row.shape = shape;
         }
     }
 

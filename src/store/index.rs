@@ -6,7 +6,7 @@
 //! ever completes a file. Every method blocks: call it from `spawn_blocking`.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -186,7 +186,7 @@ pub struct Index {
 
 /// An upload as a request for one of its chunks finds it: its row, its shape merged with what
 /// the request declares, and the requested chunk if it is committed.
-pub type Lookup = (UploadRow, Shape, Option<ChunkRow>);
+pub type Lookup = (Arc<UploadRow>, Shape, Option<ChunkRow>);
 
 pub(super) const UPLOAD_COLS: &str = "u.id, u.file_id, u.identifier, f.name, f.relative_path, f.mime, \
     u.total_size, u.chunk_size, u.total_chunks, u.keys, u.received, u.created_at, u.completed_at";
@@ -308,13 +308,14 @@ impl Index {
         let Some(row) = find_in(&c, scope, &req.identifier)? else {
             return Ok(None);
         };
+        let row = Arc::new(row);
         let number = req.declared.number;
         let chunk = if row.completed_at.is_some() {
             chunk_in(&c, &row.id, number)?
         } else {
             let all = chunks_of(&c, &row.id)?;
             let chunk = all.iter().find(|ch| ch.number == number).copied();
-            self.active.insert(scope, row.clone(), all);
+            self.active.insert(scope, Arc::clone(&row), all);
             chunk
         };
         let shape = check_same_file(&row, req)?;
@@ -781,7 +782,7 @@ mod tests {
             .unwrap();
         assert!(index.cached("", &second).unwrap().is_some());
         let removed = index.expire(now_ms() + 1).unwrap();
-        assert_eq!(removed.uploads, vec![up3.id]);
+        assert_eq!(removed.uploads, vec![up3.id.clone()]);
         assert!(index.cached("", &second).unwrap().is_none());
     }
 }
