@@ -216,11 +216,10 @@ fn decode_component(s: &str) -> Result<Cow<'_, str>> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                let hex = |j: usize| bytes.get(j).and_then(|&d| (d as char).to_digit(16));
+                let byte = hex(i + 1)
+                    .zip(hex(i + 2))
+                    .map(|(hi, lo)| (hi * 16 + lo) as u8)
                     .ok_or_else(|| {
                         Error::invalid(
                             "query",
@@ -323,6 +322,9 @@ mod tests {
     fn hostile_values_are_refused() {
         assert!(Params::from_query(Some("a=%zz")).is_err());
         assert!(Params::from_query(Some("a=%4")).is_err());
+        // A sign is not a hex digit (`u8::from_str_radix` would take `+f` as 15).
+        assert!(Params::from_query(Some("a=%+f")).is_err());
+        assert!(Params::from_query(Some("a=%-1")).is_err());
         assert!(Params::from_query(Some("a=%ff%fe")).is_err());
         assert!(q("resumableIdentifier=a%00b").identifier().is_err());
         assert!(q("resumableIdentifier=a%0Ab").identifier().is_err());

@@ -36,7 +36,7 @@ pub async fn handle(
     let id = request_id();
     let span = tracing::info_span!(
         "request",
-        id = %id,
+        id = id.as_str(),
         method = %req.method(),
         path = %loggable_path(req.uri().path()),
     );
@@ -60,7 +60,7 @@ pub async fn handle(
     });
     resp.headers_mut().insert(
         "x-request-id",
-        HeaderValue::from_str(&id).expect("hex digits"),
+        HeaderValue::from_str(id.as_str()).expect("hex digits"),
     );
     Ok(resp)
 }
@@ -72,20 +72,31 @@ pub async fn handle(
 /// finaliser) rather than from the system's random source: a `getrandom` call per request was
 /// a measurable part of a probe's cost. Successive ids still look unrelated, and two runs of
 /// the server do not repeat each other's sequence.
-fn request_id() -> String {
+fn request_id() -> RequestId {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static START: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let start = *START.get_or_init(crate::crypto::random_u64);
-    let mut z = start.wrapping_add(
-        NEXT.fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut z = start.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
-    format!("{:012x}", z >> 16)
+    let mut hex = [0u8; 12];
+    for (i, d) in hex.iter_mut().enumerate() {
+        *d = b"0123456789abcdef"[(z >> (60 - 4 * i)) as usize & 15];
+    }
+    RequestId(hex)
+}
+
+/// A request id's 12 lower-case hex digits, kept on the stack.
+struct RequestId([u8; 12]);
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
 }
 
 /// The path as logged: at most 200 bytes of it (it comes from the client).
