@@ -26,6 +26,7 @@
 //! | `dd` | `dd if=/dev/zero bs=1M conv=fdatasync` of N×S bytes in the same directory |
 //! | `safe` | chunkd `--durability safe`, octet, K in flight |
 //! | `probe` | keep-alive GET probes/s on an active upload vs a hyper hello-world (wrk if installed) |
+//! | `tus` | the peer: `@tus/server` with `@tus/file-store` (node), the same files over tus, then a SHA-256 check of what it stored; skipped unless `npm ci --prefix examples/bench/tus` has run |
 //!
 //! It prints one table per kind of figure (medians over `--runs`), the ratios against the
 //! targets of issue 6, and one JSON line with every median and every run's raw figures.
@@ -68,6 +69,7 @@ const SCENARIOS: &[&str] = &[
     "dd",
     "safe",
     "probe",
+    "tus",
 ];
 
 /// Load generator for chunkd, with its baselines measured in the same run.
@@ -533,6 +535,50 @@ impl Bench {
                 true,
             )?;
         }
+        if self.on("tus") {
+            match servers::tus_script() {
+                None => eprintln!(
+                    "  tus: skipped: `npm ci --prefix examples/bench/tus` installs @tus/server"
+                ),
+                Some(script) => {
+                    let dir = self.scratch("tus", run)?;
+                    let store = dir.join("store");
+                    let server = servers::start_tus(&script, &store, &dir)?;
+                    let load = load::tus_upload(
+                        server.addr,
+                        "/files",
+                        self.plan,
+                        self.pool.clone(),
+                        self.args.in_flight,
+                        self.deadline(),
+                    );
+                    let mut paths = Vec::new();
+                    let load = async {
+                        let (up, p) = load.await?;
+                        paths = p;
+                        Ok(up)
+                    };
+                    self.measured_upload(&server, "tus", load)?;
+                    if !self.args.no_verify {
+                        // What the peer stored is what was sent: its file store keeps each
+                        // upload as a plain file named by the last part of its URL.
+                        for (f, p) in paths.iter().enumerate() {
+                            let id = p.rsplit('/').next().unwrap_or_default();
+                            let bytes = std::fs::read(store.join(id))
+                                .map_err(|e| format!("tus: file {f} ({id}): {e}"))?;
+                            if Sha256::digest(&bytes)
+                                != Sha256::digest(&self.pool[self.plan.file_range(f)])
+                            {
+                                return Err(format!(
+                                    "tus: file {f} ({id}) differs from what was sent"
+                                ));
+                            }
+                        }
+                        eprintln!("  verified: every file the tus peer stored matches");
+                    }
+                }
+            }
+        }
         if self.on("probe") {
             let dir = self.scratch("probe", run)?;
             let server = servers::start_chunkd(&self.bin, &dir, "fast")?;
@@ -588,19 +634,30 @@ impl Bench {
         wire: Wire,
         chunkd: bool,
     ) -> Result<Upload, String> {
+        let load = load::upload(
+            server.addr,
+            plan,
+            self.pool.clone(),
+            in_flight,
+            wire,
+            name,
+            chunkd,
+            self.deadline(),
+        );
+        self.measured_upload(server, name, load)
+    }
+
+    /// Runs one upload phase against `server`, and records and prints its figures as `name`.
+    fn measured_upload(
+        &mut self,
+        server: &Server,
+        name: &str,
+        load: impl std::future::Future<Output = Result<Upload, String>>,
+    ) -> Result<Upload, String> {
         let (cpu0, ccpu0) = (server.cpu_seconds(), client_cpu());
         let up = self
             .rt
-            .block_on(load::upload(
-                server.addr,
-                plan,
-                self.pool.clone(),
-                in_flight,
-                wire,
-                name,
-                chunkd,
-                self.deadline(),
-            ))
+            .block_on(load)
             .map_err(|e| format!("{name}: {e}\nserver log:\n{}", server.log_text()))?;
         let (cpu, ccpu) = (server.cpu_seconds() - cpu0, client_cpu() - ccpu0);
         let gib = up.bytes as f64 / (1u64 << 30) as f64;
@@ -723,6 +780,7 @@ impl Bench {
             ("big", "chunkd fast, octet, big chunks"),
             ("gib", "chunkd fast, octet, one file"),
             ("safe", "chunkd safe, octet"),
+            ("tus", "@tus/server + file-store (no encryption), tus"),
         ];
         for (k, label) in uploads {
             if m(&format!("{k}.mbps")).is_none() {
@@ -880,6 +938,12 @@ impl Bench {
                 "probe (204) / hello-world",
                 ratio("probe_absent.rps", "hello.rps"),
                 0.7,
+                true,
+            ),
+            (
+                "fast upload / @tus/server",
+                ratio("fast.mbps", "tus.mbps"),
+                4.0,
                 true,
             ),
             (

@@ -2,7 +2,7 @@
 //! written straight from `Bytes` slices (no copy of a chunk's bytes), responses parsed by hand.
 //!
 //! It speaks only what the bench needs: `Content-Length` bodies (every chunkd, sink and
-//! hello-world response has one), no pipelining, no TLS.
+//! hello-world response has one), small chunked bodies (the tus peer's), no pipelining, no TLS.
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,6 +36,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The body's length.
     pub len: u64,
+    /// The `Location` and `Upload-Offset` headers, which the tus peer answers with.
+    pub location: Option<String>,
+    pub upload_offset: Option<u64>,
 }
 
 /// One keep-alive connection.
@@ -156,7 +159,8 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
         let mut length = None;
-        let mut close = false;
+        let (mut close, mut chunked) = (false, false);
+        let (mut location, mut upload_offset) = (None, None);
         for line in lines {
             let Some((k, v)) = line.split_once(':') else {
                 continue;
@@ -166,13 +170,32 @@ impl Conn {
                 length = Some(v.parse::<u64>().map_err(|_| bad("bad content-length"))?);
             } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
                 close = true;
+            } else if k.eq_ignore_ascii_case("location") {
+                location = Some(v.to_string());
+            } else if k.eq_ignore_ascii_case("upload-offset") {
+                upload_offset = v.parse().ok();
             } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad(
-                    "chunked responses are not supported by the bench client",
-                ));
+                if !v.eq_ignore_ascii_case("chunked") {
+                    return Err(bad(format!("transfer-encoding {v:?}")));
+                }
+                chunked = true;
             }
         }
         self.pos = head_end;
+        if chunked {
+            // Only small bodies come chunked (the tus peer's replies): kept whatever `mode`.
+            let body = self.read_chunked().await?;
+            if close {
+                self.stream = None;
+            }
+            return Ok(Response {
+                status,
+                len: body.len() as u64,
+                body,
+                location,
+                upload_offset,
+            });
+        }
         let length = match (length, status) {
             (Some(n), _) => n,
             (None, 204 | 304) => 0,
@@ -208,7 +231,50 @@ impl Conn {
             status,
             body,
             len: length,
+            location,
+            upload_offset,
         })
+    }
+}
+
+impl Conn {
+    /// A `Transfer-Encoding: chunked` body (without trailers), up to `MAX_KEPT` bytes.
+    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(&self.buf[self.pos..self.end], b"\r\n") {
+                    break self.pos + i;
+                }
+                if self.end - self.pos > MAX_HEAD {
+                    return Err(bad("chunk size line too long"));
+                }
+                self.fill().await?;
+            };
+            let line = std::str::from_utf8(&self.buf[self.pos..line_end])
+                .map_err(|_| bad("chunk size line is not UTF-8"))?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = u64::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
+            self.pos = line_end + 2;
+            if body.len() as u64 + size > MAX_KEPT {
+                return Err(bad("a chunked body too large to keep"));
+            }
+            // The chunk's data and its CRLF (after the last, empty chunk: the final CRLF).
+            let mut left = size + 2;
+            while left > 0 {
+                if self.pos == self.end {
+                    self.fill().await?;
+                }
+                let n = ((self.end - self.pos) as u64).min(left) as usize;
+                let keep = n.min(left.saturating_sub(2) as usize);
+                body.extend_from_slice(&self.buf[self.pos..self.pos + keep]);
+                self.pos += n;
+                left -= n as u64;
+            }
+            if size == 0 {
+                return Ok(body);
+            }
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The load itself: uploads over the Resumable.js protocol (octet or multipart), downloads,
-//! SHA-256 verification and GET probes, with K connections in flight.
+//! The load itself: uploads over the Resumable.js protocol (octet or multipart) and over tus
+//! (for the peer), downloads, SHA-256 verification and GET probes, with K connections in flight.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -262,6 +262,94 @@ fn chunk_request(
             (head, vec![Bytes::from(pre), data, Bytes::from(post)])
         }
     }
+}
+
+/// Uploads every file of `plan` to a tus server (`POST {path}` creates, `PATCH` appends), the
+/// same bytes in the same chunks as [`upload`]. tus appends in order, so the `in_flight`
+/// connections each take a whole file at a time, one chunk after another. Every `PATCH` must
+/// answer 204 with the new `Upload-Offset`. Returns the figures and each file's upload path.
+pub async fn tus_upload(
+    addr: SocketAddr,
+    path: &str,
+    plan: Plan,
+    pool: Bytes,
+    in_flight: usize,
+    deadline: Duration,
+) -> Result<(Upload, Vec<String>), String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight.max(1) {
+        let (next, pool, path) = (next.clone(), pool.clone(), path.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(addr);
+            let (mut lat, mut files) = (Vec::new(), Vec::new());
+            loop {
+                let file = next.fetch_add(1, Ordering::Relaxed);
+                if file >= plan.files {
+                    break;
+                }
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ntus-resumable: 1.0.0\r\nupload-length: {}\r\n",
+                    plan.size
+                );
+                let r = conn
+                    .request(&head, &[], BodyMode::Keep)
+                    .await
+                    .map_err(|e| format!("creating file {file}: {e}"))?;
+                let at = match (r.status, r.location.as_deref()) {
+                    (201, Some(l)) => match l.split_once("://") {
+                        // An absolute URL: keep its path.
+                        Some((_, rest)) => rest[rest.find('/').unwrap_or(rest.len())..].to_string(),
+                        None => l.to_string(),
+                    },
+                    _ => return Err(format!("creating file {file}: status {}", r.status)),
+                };
+                let base = plan.file_range(file).start;
+                for number in 1..=plan.total_chunks() {
+                    let offset = (number - 1) * plan.chunk;
+                    let len = plan.chunk_len(number);
+                    let data = pool.slice(base + offset as usize..base + (offset + len) as usize);
+                    let head = format!(
+                        "PATCH {at} HTTP/1.1\r\nhost: 127.0.0.1\r\ntus-resumable: 1.0.0\r\nupload-offset: {offset}\r\ncontent-type: application/offset+octet-stream\r\n"
+                    );
+                    let t0 = Instant::now();
+                    let r = conn
+                        .request(&head, &[data], BodyMode::Keep)
+                        .await
+                        .map_err(|e| format!("chunk {number} of file {file}: {e}"))?;
+                    lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                    if r.status != 204 || r.upload_offset != Some(offset + len) {
+                        return Err(format!(
+                            "chunk {number} of file {file}: status {}, upload-offset {:?}: {}",
+                            r.status,
+                            r.upload_offset,
+                            String::from_utf8_lossy(&r.body)
+                        ));
+                    }
+                }
+                files.push((file, at));
+            }
+            Ok::<_, String>((lat, files))
+        }));
+    }
+    let joined = tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
+        .await
+        .map_err(|_| format!("the upload did not finish within {deadline:?}"))?;
+    let mut out = Upload {
+        bytes: plan.bytes(),
+        ..Upload::default()
+    };
+    let mut files = Vec::new();
+    for r in joined {
+        let (lat, f) = r.map_err(|e| e.to_string())??;
+        out.latencies.extend(lat);
+        files.extend(f);
+    }
+    out.secs = start.elapsed().as_secs_f64();
+    out.latencies.sort_by(f64::total_cmp);
+    files.sort();
+    Ok((out, files.into_iter().map(|f| f.1).collect()))
 }
 
 /// GETs every path with `in_flight` connections. With `expect`, each body's SHA-256 must equal

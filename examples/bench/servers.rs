@@ -271,3 +271,19 @@ async fn handle(req: Request<Incoming>, piece: Bytes) -> Result<Response<Body>, 
         .body(full("Hello, World!"))
         .expect("valid"))
 }
+
+/// The tus peer's script, if its packages are installed (`npm ci --prefix examples/bench/tus`).
+pub fn tus_script() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/tus");
+    dir.join("node_modules/@tus/server")
+        .is_dir()
+        .then(|| dir.join("server.mjs"))
+}
+
+/// Starts the tus peer (`@tus/server` with `@tus/file-store`, on node) storing into `store`.
+pub fn start_tus(script: &Path, store: &Path, dir: &Path) -> Result<Server, String> {
+    std::fs::create_dir_all(store).map_err(|e| format!("{}: {e}", store.display()))?;
+    let mut cmd = Command::new("node");
+    cmd.arg(script).arg(store);
+    Server::start(cmd, dir.join("tus.log"))
+}
