@@ -163,8 +163,8 @@ pub struct ChunkParams {
 /// Parses `application/x-www-form-urlencoded` strictly: a `%` not followed by two hex digits, or
 /// bytes that are not UTF-8 after decoding, are errors rather than silently replaced characters.
 ///
-/// One pass over the bytes finds the pairs, their `=` and whether they hold any escape; a pair
-/// without one is borrowed as it stands (a probe's query is parsed on every probe).
+/// `memchr` finds each pair, its `=` and whether it holds any escape; a pair without one is
+/// borrowed as it stands (a probe's query is parsed on every probe).
 pub fn parse_query(raw: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
     type Pairs<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
     fn push<'a>(
@@ -192,20 +192,18 @@ pub fn parse_query(raw: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>> {
         Ok(())
     }
     let mut out = Vec::with_capacity(16);
-    let (mut start, mut eq, mut escaped) = (0, None, false);
-    for (i, &b) in raw.as_bytes().iter().enumerate() {
-        match b {
-            b'&' => {
-                push(&mut out, &raw[start..i], eq, escaped)?;
-                (start, eq, escaped) = (i + 1, None, false);
-            }
-            b'=' if eq.is_none() => eq = Some(i - start),
-            b'%' | b'+' => escaped = true,
-            _ => {}
+    let mut rest = raw;
+    loop {
+        let end = memchr::memchr(b'&', rest.as_bytes()).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        let eq = memchr::memchr(b'=', pair.as_bytes());
+        let escaped = memchr::memchr2(b'%', b'+', pair.as_bytes()).is_some();
+        push(&mut out, pair, eq, escaped)?;
+        if end == rest.len() {
+            return Ok(out);
         }
+        rest = &rest[end + 1..];
     }
-    push(&mut out, &raw[start..], eq, escaped)?;
-    Ok(out)
 }
 
 fn decode_component(s: &str) -> Result<Cow<'_, str>> {
