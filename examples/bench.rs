@@ -27,6 +27,7 @@
 //! | `safe` | chunkd `--durability safe`, octet, K in flight |
 //! | `probe` | keep-alive GET probes/s on an active upload vs a hyper hello-world (wrk if installed) |
 //! | `tus` | the peer: `@tus/server` with `@tus/file-store` (node), the same files over tus, then a SHA-256 check of what it stored; skipped unless `npm ci --prefix examples/bench/tus` has run |
+//! | `rustus` | the peer rustus (`--rustus-bin`, or on the PATH), the same way; skipped without it |
 //!
 //! It prints one table per kind of figure (medians over `--runs`), the ratios against the
 //! targets of issue 6, and one JSON line with every median and every run's raw figures.
@@ -70,6 +71,7 @@ const SCENARIOS: &[&str] = &[
     "safe",
     "probe",
     "tus",
+    "rustus",
 ];
 
 /// Load generator for chunkd, with its baselines measured in the same run.
@@ -110,6 +112,10 @@ struct Args {
     /// Do not run `cargo build --release --bin chunkd` first.
     #[arg(long)]
     no_build: bool,
+    /// The rustus binary for the `rustus` scenario (default: `rustus` on the PATH; the
+    /// scenario is skipped without one). `cargo install --locked rustus@0.5.10` builds it.
+    #[arg(long)]
+    rustus_bin: Option<PathBuf>,
     /// Worker threads of the client's runtime.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
@@ -544,38 +550,20 @@ impl Bench {
                     let dir = self.scratch("tus", run)?;
                     let store = dir.join("store");
                     let server = servers::start_tus(&script, &store, &dir)?;
-                    let load = load::tus_upload(
-                        server.addr,
-                        "/files",
-                        self.plan,
-                        self.pool.clone(),
-                        self.args.in_flight,
-                        self.deadline(),
-                    );
-                    let mut paths = Vec::new();
-                    let load = async {
-                        let (up, p) = load.await?;
-                        paths = p;
-                        Ok(up)
-                    };
-                    self.measured_upload(&server, "tus", load)?;
-                    if !self.args.no_verify {
-                        // What the peer stored is what was sent: its file store keeps each
-                        // upload as a plain file named by the last part of its URL.
-                        for (f, p) in paths.iter().enumerate() {
-                            let id = p.rsplit('/').next().unwrap_or_default();
-                            let bytes = std::fs::read(store.join(id))
-                                .map_err(|e| format!("tus: file {f} ({id}): {e}"))?;
-                            if Sha256::digest(&bytes)
-                                != Sha256::digest(&self.pool[self.plan.file_range(f)])
-                            {
-                                return Err(format!(
-                                    "tus: file {f} ({id}) differs from what was sent"
-                                ));
-                            }
-                        }
-                        eprintln!("  verified: every file the tus peer stored matches");
-                    }
+                    self.tus_phase(&server, "tus", "/files", &store)?;
+                }
+            }
+        }
+        if self.on("rustus") {
+            match servers::rustus_binary(self.args.rustus_bin.as_deref()) {
+                None => eprintln!(
+                    "  rustus: skipped: no rustus binary (--rustus-bin, or `rustus` on the PATH)"
+                ),
+                Some(bin) => {
+                    let dir = self.scratch("rustus", run)?;
+                    let store = dir.join("store");
+                    let server = servers::start_rustus(&bin, &store, &dir, self.plan.chunk)?;
+                    self.tus_phase(&server, "rustus", "/files/", &store)?;
                 }
             }
         }
@@ -695,6 +683,46 @@ impl Bench {
         Ok(up)
     }
 
+    /// Uploads the plan to a tus peer at `path`, then (unless `--no-verify`) checks that every
+    /// file it stored under `store`, named by the last part of its upload URL, is what was sent.
+    fn tus_phase(
+        &mut self,
+        server: &Server,
+        name: &str,
+        path: &str,
+        store: &Path,
+    ) -> Result<(), String> {
+        let mut paths = Vec::new();
+        let load = load::tus_upload(
+            server.addr,
+            path,
+            self.plan,
+            self.pool.clone(),
+            self.args.in_flight,
+            self.deadline(),
+        );
+        let load = async {
+            let (up, p) = load.await?;
+            paths = p;
+            Ok(up)
+        };
+        self.measured_upload(server, name, load)?;
+        if !self.args.no_verify {
+            for (f, p) in paths.iter().enumerate() {
+                let id = p.rsplit('/').next().unwrap_or_default();
+                let bytes = std::fs::read(store.join(id))
+                    .map_err(|e| format!("{name}: file {f} ({id}): {e}"))?;
+                if Sha256::digest(&bytes) != Sha256::digest(&self.pool[self.plan.file_range(f)]) {
+                    return Err(format!(
+                        "{name}: file {f} ({id}) differs from what was sent"
+                    ));
+                }
+            }
+            eprintln!("  verified: every file {name} stored matches");
+        }
+        Ok(())
+    }
+
     fn download_phase(
         &mut self,
         server: &Server,
@@ -781,6 +809,7 @@ impl Bench {
             ("gib", "chunkd fast, octet, one file"),
             ("safe", "chunkd safe, octet"),
             ("tus", "@tus/server + file-store (no encryption), tus"),
+            ("rustus", "rustus 0.5.10, file storage (no encryption), tus"),
         ];
         for (k, label) in uploads {
             if m(&format!("{k}.mbps")).is_none() {
@@ -944,6 +973,12 @@ impl Bench {
                 "fast upload / @tus/server",
                 ratio("fast.mbps", "tus.mbps"),
                 4.0,
+                true,
+            ),
+            (
+                "fast upload / rustus",
+                ratio("fast.mbps", "rustus.mbps"),
+                3.0,
                 true,
             ),
             (

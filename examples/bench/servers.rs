@@ -71,6 +71,30 @@ impl Server {
         Ok(server)
     }
 
+    /// Starts `cmd`, which listens on `addr` (told on its command line), and waits until that
+    /// port accepts a connection: for servers that print no listening line.
+    pub fn start_on(mut cmd: Command, addr: SocketAddr, log: PathBuf) -> Result<Server, String> {
+        let err = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::from(err.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+        let mut server = Server { child, addr, log };
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if std::time::Instant::now() > until || matches!(server.child.try_wait(), Ok(Some(_))) {
+                return Err(format!(
+                    "nothing listens on {addr}; log:\n{}",
+                    server.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -286,4 +310,42 @@ pub fn start_tus(script: &Path, store: &Path, dir: &Path) -> Result<Server, Stri
     let mut cmd = Command::new("node");
     cmd.arg(script).arg(store);
     Server::start(cmd, dir.join("tus.log"))
+}
+
+/// The rustus binary: `given`, or `rustus` on the PATH.
+pub fn rustus_binary(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_path_buf());
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("rustus"))
+        .find(|p| p.is_file())
+}
+
+/// Starts rustus storing into `store`, on a free port of 127.0.0.1, accepting bodies of one
+/// chunk (its default limit is 256 KiB), hooks and logs as quiet as it allows.
+pub fn start_rustus(bin: &Path, store: &Path, dir: &Path, chunk: u64) -> Result<Server, String> {
+    std::fs::create_dir_all(store).map_err(|e| format!("{}: {e}", store.display()))?;
+    // A port the system has just handed out; it is free again once this listener closes.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("a free port: {e}"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--host")
+        .arg("127.0.0.1")
+        .arg("--port")
+        .arg(addr.port().to_string())
+        .arg("--data-dir")
+        .arg(store)
+        .arg("--info-dir")
+        .arg(dir.join("info"))
+        .arg("--max-body-size")
+        .arg((chunk + 4096).to_string())
+        .arg("--log-level")
+        .arg("ERROR")
+        .current_dir(dir);
+    std::fs::create_dir_all(dir.join("info")).map_err(|e| format!("info dir: {e}"))?;
+    Server::start_on(cmd, addr, dir.join("rustus.log"))
 }
