@@ -36,7 +36,14 @@ pub(super) struct Active {
 
 /// The map key of (scope, identifier): the scope's length first, so that no two pairs collide.
 fn key(scope: &str, identifier: &str) -> String {
-    format!("{}:{scope}{identifier}", scope.len())
+    // Built by hand: `format!` costs more than the map lookup it is for, on every probe.
+    let len = scope.len().to_string();
+    let mut k = String::with_capacity(len.len() + 1 + scope.len() + identifier.len());
+    k.push_str(&len);
+    k.push(':');
+    k.push_str(scope);
+    k.push_str(identifier);
+    k
 }
 
 impl Active {
