@@ -183,11 +183,7 @@ pub async fn upload(
         ..Upload::default()
     };
     let mut done = Vec::new();
-    let joined = tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
-        .await
-        .map_err(|_| format!("the upload did not finish within {deadline:?}"))?;
-    for r in joined {
-        let (lat, d) = r.map_err(|e| e.to_string())??;
+    for (lat, d) in join_workers(tasks, deadline, "upload").await? {
         out.latencies.extend(lat);
         done.extend(d);
     }
@@ -333,16 +329,13 @@ pub async fn tus_upload(
             Ok::<_, String>((lat, files))
         }));
     }
-    let joined = tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
-        .await
-        .map_err(|_| format!("the upload did not finish within {deadline:?}"))?;
+    let joined = join_workers(tasks, deadline, "upload").await?;
     let mut out = Upload {
         bytes: plan.bytes(),
         ..Upload::default()
     };
     let mut files = Vec::new();
-    for r in joined {
-        let (lat, f) = r.map_err(|e| e.to_string())??;
+    for (lat, f) in joined {
         out.latencies.extend(lat);
         files.extend(f);
     }
@@ -400,14 +393,27 @@ pub async fn download(
             Ok::<_, String>(bytes)
         }));
     }
+    let bytes = join_workers(tasks, deadline, "download")
+        .await?
+        .into_iter()
+        .sum();
+    Ok((bytes, start.elapsed().as_secs_f64()))
+}
+
+/// Waits for every worker task of a phase, `deadline` for them all; a worker's error (or
+/// panic) is the phase's.
+async fn join_workers<T>(
+    tasks: Vec<tokio::task::JoinHandle<Result<T, String>>>,
+    deadline: Duration,
+    phase: &str,
+) -> Result<Vec<T>, String> {
     let joined = tokio::time::timeout(deadline, futures_util::future::join_all(tasks))
         .await
-        .map_err(|_| format!("the download did not finish within {deadline:?}"))?;
-    let mut bytes = 0;
-    for r in joined {
-        bytes += r.map_err(|e| e.to_string())??;
-    }
-    Ok((bytes, start.elapsed().as_secs_f64()))
+        .map_err(|_| format!("the {phase} did not finish within {deadline:?}"))?;
+    joined
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string())?)
+        .collect()
 }
 
 /// One GET, for set-up checks; returns the status.
