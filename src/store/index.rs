@@ -452,23 +452,22 @@ impl Index {
             String,
             String,
         ) = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT total_size, chunk_size, total_chunks, received, completed_at, file_id, \
                  scope, identifier FROM uploads WHERE id = ?1",
-                [upload_id],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                },
-            )
+            )?
+            .query_row([upload_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
             .optional()?
             .ok_or(Error::NotFound("upload"))?;
         let shape = Shape {
@@ -476,13 +475,7 @@ impl Index {
             chunk_size: cs.map(|v| v as u64),
             total_chunks: t.map(|v| v as u64),
         };
-        let existing: Option<ChunkRow> = tx
-            .query_row(
-                "SELECT number, len, nonce, hash, pos FROM chunks WHERE upload_id = ?1 AND number = ?2",
-                params![upload_id, chunk.number as i64],
-                chunk_from_row,
-            )
-            .optional()?;
+        let existing = chunk_in(&tx, upload_id, chunk.number)?;
         if let Some(e) = existing {
             if e.len != chunk.len || e.hash != chunk.hash {
                 return Err(Error::ChunkDiffers(chunk.number));
@@ -509,10 +502,11 @@ impl Index {
             opt_i64(chunk.pos)
         ])?;
         let completed = shape.total_chunks == Some(received);
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE uploads SET chunk_size = ?2, total_chunks = ?3, received = ?4, updated_at = ?5, \
              completed_at = CASE WHEN ?6 THEN ?5 ELSE completed_at END WHERE id = ?1",
-            params![
+        )?
+        .execute(params![
                 upload_id,
                 opt_i64(shape.chunk_size),
                 opt_i64(shape.total_chunks),
