@@ -361,11 +361,11 @@ async fn store_classic(
             true,
         )
         .await?;
-        total += w.row.len;
+        total += w.len;
         if total > limit {
             return Err(Error::FileTooLarge { size: total, limit });
         }
-        written.push(w);
+        written.push(app.blocking(move |_| Ok(w.seal_rest()?)).await?);
         if !more {
             break;
         }

@@ -4,9 +4,11 @@
 //! 2. [`Params::chunk`] turns any dialect into one [`ChunkParams`].
 //! 3. Find or create the upload in the index; the request must describe the same file.
 //! 4. Stream the body through the cipher into a fresh region of the upload's data file
-//!    ([`Spool::reserve`](crate::store::Spool::reserve), [`ChunkWriter`]), never holding more
-//!    than two batches of it, and stop at the first byte too many.
-//! 5. Make the region durable, then commit its row:
+//!    ([`ChunkWriter`]; the first batch written reserves the region with
+//!    [`Spool::reserve`](crate::store::Spool::reserve)), never holding more than two batches of
+//!    it, and stop at the first byte too many.
+//! 5. In one blocking task: seal and write the last batch ([`Written::seal_rest`]), make the
+//!    region durable, then commit its row:
 //!    [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the geometry and
 //!    completes the upload if this was the last chunk missing, in the same transaction.
 //! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
@@ -416,34 +418,29 @@ pub async fn store_chunk(
     let cipher = Arc::new(app.file_cipher(&row.wrapped_keys)?);
     let number = d.number;
     let (written, _) = write_chunk(app, &row.id, cipher, number, source, max, false).await?;
-    let len = written.row.len;
+    let len = written.len;
     if let Some(cur) = d.current_size
-        && cur != written.row.len
+        && cur != len
     {
         return Err(Error::Geometry(format!(
-            "chunk {number} declared {cur} bytes but {} arrived",
-            written.row.len
+            "chunk {number} declared {cur} bytes but {len} arrived"
         )));
     }
     let upload_id = row.id.clone();
-    // The guard moves into the blocking task: the file and its row are decided together there,
-    // even if the client hangs up and this request's future is dropped meanwhile.
+    // The chunk's last batch and its region's guard move into the blocking task: the file and
+    // its row are decided together there, even if the client hangs up and this request's
+    // future is dropped meanwhile.
     let commit = app
         .blocking(move |app| {
-            let Written {
-                file,
-                row: chunk,
-                mut guard,
-            } = written;
-            let done = app
-                .spool
-                .finish_region(&file)
-                .map_err(Error::from)
-                .and_then(|()| app.index.commit_chunk(&upload_id, &d, chunk));
-            let commit = match done {
-                Ok(commit) => commit,
+            let done = written.seal_rest().map_err(Error::from).and_then(|sealed| {
+                app.spool.finish_region(&sealed.file)?;
+                let commit = app.index.commit_chunk(&upload_id, &d, sealed.row)?;
+                Ok((commit, sealed.guard))
+            });
+            // On an error the region's guard has gone, and given the region back.
+            let (commit, mut guard) = match done {
+                Ok(done) => done,
                 Err(e) => {
-                    drop(guard);
                     // A delete committed meanwhile: it removed the directory, or this write
                     // made it again after the removal. The chunk is for a file that is gone.
                     if !app.index.upload_exists(&upload_id)? {
@@ -472,7 +469,7 @@ pub async fn store_chunk(
                         tracing::warn!(upload_id = %upload_id, error = %e, "could not give back the bytes of uncommitted writes");
                     }
                 }
-                app.usage.add(crypto::sealed_len(chunk.len));
+                app.usage.add(crypto::sealed_len(len));
                 if let Some(old) = replaced {
                     // The replaced content's rows are gone; its bytes follow.
                     app.release(&Removed {
@@ -521,13 +518,51 @@ pub async fn store_chunk(
     })
 }
 
-/// A chunk written and sealed into its region, not yet durable nor committed.
+/// A chunk streamed through the cipher, all of it but its last batch sealed and written. The
+/// last batch is left to [`Written::seal_rest`], for the blocking task that commits the chunk:
+/// one hand-off to a blocking thread then does both (each hand-off wakes a thread; a profile
+/// showed those wake-ups costing more CPU than hashing the bytes).
 pub struct Written {
+    sealing: Sealing,
+    rest: Vec<u8>,
+    /// The chunk's plaintext length.
+    pub len: u64,
+}
+
+/// A chunk whose sealed bytes are all in its region, not yet durable nor committed.
+pub struct Sealed {
     /// The upload's data file.
     pub file: std::fs::File,
     pub row: ChunkRow,
     /// Frees the region unless its row commits.
     pub guard: LitterGuard,
+}
+
+impl Written {
+    /// Seals and writes the last batch, with its padding. It blocks: call it on a blocking
+    /// thread. On an error the region is given back.
+    pub fn seal_rest(self) -> std::io::Result<Sealed> {
+        let Written {
+            mut sealing,
+            mut rest,
+            len,
+        } = self;
+        let done = sealing.write(&mut rest, true);
+        give_buffer(rest);
+        done?;
+        let placed = sealing.region.expect("the last write reserved the region");
+        Ok(Sealed {
+            file: placed.file,
+            row: ChunkRow {
+                number: sealing.number,
+                len,
+                nonce: sealing.nonce,
+                hash: sealing.hasher.digest(),
+                pos: Some(placed.start),
+            },
+            guard: placed.guard,
+        })
+    }
 }
 
 /// Streams at most `max` bytes of `source` through the cipher into a fresh region of upload
@@ -544,16 +579,9 @@ pub async fn write_chunk(
     max: u64,
     split: bool,
 ) -> Result<(Written, bool)> {
-    let nonce = crypto::random_u64();
-    let id = upload_id.to_string();
     // A raw body's length is exact; otherwise the region is as large as the chunk may be.
     let most = source.known_len().map_or(max, |len| len.min(max));
-    let region = app
-        .blocking(move |app| Ok(app.spool.reserve(&id, crypto::sealed_len(most))?))
-        .await?;
-    let pos = region.pos;
-    let guard = LitterGuard::new(&region)?;
-    let mut writer = ChunkWriter::new(region, cipher, nonce, number as u32);
+    let mut writer = ChunkWriter::new(app, upload_id, crypto::sealed_len(most), cipher, number);
     let mut len = 0u64;
     let mut more = false;
     while let Some(mut data) = source.next().await? {
@@ -581,15 +609,8 @@ pub async fn write_chunk(
     if !more {
         source.finish().await?;
     }
-    let (file, hash) = writer.finish().await?;
-    let row = ChunkRow {
-        number,
-        len,
-        nonce,
-        hash,
-        pos: Some(pos),
-    };
-    Ok((Written { file, row, guard }, more))
+    let (sealing, rest) = writer.finish().await?;
+    Ok((Written { sealing, rest, len }, more))
 }
 
 /// A fresh id for a file or an upload: 128 random bits as 32 hex digits.
@@ -608,7 +629,7 @@ pub fn new_id() -> String {
 pub struct LitterGuard(Option<(std::fs::File, u64, u64)>);
 
 impl LitterGuard {
-    fn new(region: &Region) -> Result<Self> {
+    fn new(region: &Region) -> std::io::Result<Self> {
         Ok(LitterGuard(Some((
             region.file.try_clone()?,
             region.pos,
@@ -905,34 +926,59 @@ async fn read_text_field(mut field: multer::Field<'static>) -> Result<String> {
 
 /// The sealing state of one chunk, moved to a blocking thread for each batch.
 struct Sealing {
-    file: std::fs::File,
-    /// Where the next batch goes in the data file.
-    pos: u64,
-    /// The end of the chunk's region.
-    end: u64,
+    app: Arc<App>,
+    upload_id: String,
+    /// The size of the chunk's region: its largest sealed size.
+    room: u64,
+    /// The region, reserved by the first write, on its blocking thread: that costs no hand-off
+    /// of its own, and a chunk smaller than a batch reserves, writes and commits in one.
+    region: Option<Placed>,
     cipher: Arc<FileCipher>,
     nonce: u64,
-    chunk: u32,
+    number: u64,
     next_segment: u32,
     hasher: Xxh3,
+}
+
+/// A chunk's region, and where in it the next batch goes.
+struct Placed {
+    file: std::fs::File,
+    start: u64,
+    next: u64,
+    end: u64,
+    guard: LitterGuard,
 }
 
 impl Sealing {
     fn write(&mut self, buf: &mut Vec<u8>, last: bool) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        let placed = match &mut self.region {
+            Some(placed) => placed,
+            None => {
+                let region = self.app.spool.reserve(&self.upload_id, self.room)?;
+                let guard = LitterGuard::new(&region)?;
+                self.region.insert(Placed {
+                    start: region.pos,
+                    next: region.pos,
+                    end: region.pos + region.len,
+                    file: region.file,
+                    guard,
+                })
+            }
+        };
         self.hasher.update(buf);
         if last {
             crypto::pad(buf);
         }
         self.cipher
-            .seal_segments(self.nonce, self.chunk, self.next_segment, buf);
+            .seal_segments(self.nonce, self.number as u32, self.next_segment, buf);
         self.next_segment += (buf.len() / SEGMENT) as u32;
-        self.file.write_all_at(buf, self.pos)?;
-        self.pos += buf.len() as u64;
-        if last && self.pos < self.end {
+        placed.file.write_all_at(buf, placed.next)?;
+        placed.next += buf.len() as u64;
+        if last && placed.next < placed.end {
             // A chunk shorter than its largest size: the rest of its region was allocated
             // with it, and is given back.
-            release_region(&self.file, self.pos, self.end - self.pos);
+            release_region(&placed.file, placed.next, placed.end - placed.next);
         }
         Ok(())
     }
@@ -974,14 +1020,21 @@ pub struct ChunkWriter {
 }
 
 impl ChunkWriter {
-    fn new(region: Region, cipher: Arc<FileCipher>, nonce: u64, chunk: u32) -> Self {
+    fn new(
+        app: &Arc<App>,
+        upload_id: &str,
+        room: u64,
+        cipher: Arc<FileCipher>,
+        number: u64,
+    ) -> Self {
         let sealing = Sealing {
-            file: region.file,
-            pos: region.pos,
-            end: region.pos + region.len,
+            app: Arc::clone(app),
+            upload_id: upload_id.to_string(),
+            room,
+            region: None,
             cipher,
-            nonce,
-            chunk,
+            nonce: crypto::random_u64(),
+            number,
             next_segment: 0,
             hasher: Xxh3::new(),
         };
@@ -996,7 +1049,7 @@ impl ChunkWriter {
     async fn push(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
             if self.buf.len() == BATCH {
-                self.flush(false).await?;
+                self.flush().await?;
             }
             let take = (BATCH - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
@@ -1016,7 +1069,7 @@ impl ChunkWriter {
         }
     }
 
-    async fn flush(&mut self, last: bool) -> Result<()> {
+    async fn flush(&mut self) -> Result<()> {
         let mut sealing = self.settle().await?;
         let next = match self.spare.take() {
             Some(mut v) => {
@@ -1027,17 +1080,16 @@ impl ChunkWriter {
         };
         let mut buf = std::mem::replace(&mut self.buf, next);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            sealing.write(&mut buf, last)?;
+            sealing.write(&mut buf, false)?;
             Ok((sealing, buf))
         }));
         Ok(())
     }
 
-    /// Seals the rest (with its padding) and returns the file and the plaintext's hash.
-    async fn finish(mut self) -> Result<(std::fs::File, u64)> {
-        self.flush(true).await?;
+    /// Waits for the batch in flight, and returns the state with the last batch, unsealed.
+    async fn finish(mut self) -> Result<(Sealing, Vec<u8>)> {
         let sealing = self.settle().await?;
-        Ok((sealing.file, sealing.hasher.digest()))
+        Ok((sealing, std::mem::take(&mut self.buf)))
     }
 }
 
