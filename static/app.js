@@ -25,10 +25,11 @@
   // or got a 503: every retryInterval ms, up to maxRetries times, about a minute by default.
   const retryInterval = intParam('retryInterval', 1000, 0, 600000);
   const maxRetries = intParam('maxRetries', 60, 0, 100000);
-  // Statuses after which a retry cannot help: chunkd's 400 (bad parameters, a conflict), 404,
-  // 413 (larger than any legal chunk), 415, 500, 501. Flow.js alone would retry a 400, and
-  // Resumable.js alone would retry a 413.
-  const permanentErrors = [400, 404, 413, 415, 500, 501];
+  // Statuses after which a retry cannot help: chunkd's 400 (bad parameters, a conflict), 401
+  // and 403 (no token, or the wrong one: the person must paste one first), 404, 413 (larger
+  // than any legal chunk), 415, 500, 501. Both libraries would retry a 401 or a 403, Flow.js
+  // alone a 400, and Resumable.js alone a 413.
+  const permanentErrors = [400, 401, 403, 404, 413, 415, 500, 501];
 
   const libraries = {
     resumable: { label: 'Resumable.js', ok: typeof window.Resumable === 'function' },
@@ -97,6 +98,30 @@
       // Storage may be disabled; the settings then last as long as the page.
     }
   });
+
+  // The bearer token of a server run with --require-auth. It is a credential: it stays in this
+  // tab (sessionStorage, which a reload keeps), never in localStorage with the other settings.
+  // Every request reads it when it is sent, so a token pasted after a refusal serves the Retry.
+  const TOKEN_STORE = 'chunkd-demo-token';
+  const tokenInput = byId('token');
+  try {
+    tokenInput.value = sessionStorage.getItem(TOKEN_STORE) || '';
+  } catch {
+    // Storage may be disabled: the token is typed again after a reload.
+  }
+  tokenInput.addEventListener('input', () => {
+    try {
+      if (tokenInput.value) sessionStorage.setItem(TOKEN_STORE, tokenInput.value.trim());
+      else sessionStorage.removeItem(TOKEN_STORE);
+    } catch {
+      // as above
+    }
+  });
+
+  function authHeaders() {
+    const token = tokenInput.value.trim();
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
   form.addEventListener('submit', (e) => e.preventDefault());
 
   // ---------------------------------------------------------------- formatting
@@ -158,11 +183,18 @@
 
   // ---------------------------------------------------------------- errors
 
-  // chunkd's errors are JSON, {"error": code, "message": sentence}: show the sentence.
+  // chunkd's errors are JSON, {"error": code, "message": sentence}: show the sentence, and for
+  // a missing or refused token, what to do about it.
   function explain(message) {
     if (message) {
       try {
         const body = JSON.parse(message);
+        if (body && (body.error === 'unauthorized' || body.error === 'forbidden')) {
+          const what = tokenInput.value.trim()
+            ? 'This server refused the token under Settings'
+            : 'This server needs a token: paste one under Settings';
+          return `${what}, then press Retry. (${body.message || body.error})`;
+        }
         if (body && typeof body.message === 'string' && body.message) {
           const sentence = body.message.charAt(0).toUpperCase() + body.message.slice(1);
           return `The server refused this upload: ${sentence.replace(/\.?$/, '.')}`;
@@ -258,6 +290,7 @@
       chunkRetryInterval: retryInterval,
       permanentErrors,
       generateUniqueIdentifier: (file) => identify(file, s.chunkSize),
+      headers: () => authHeaders(),
     };
   }
 
@@ -312,8 +345,10 @@
       ...commonOptions(s),
       progressCallbacksInterval: 250,
       // Flow.js sends an octet chunk with the file's own type; say what it is.
-      headers: (file, chunk, isTest) =>
-        s.method === 'octet' && !isTest ? { 'Content-Type': 'application/octet-stream' } : {},
+      headers: (file, chunk, isTest) => ({
+        ...authHeaders(),
+        ...(s.method === 'octet' && !isTest ? { 'Content-Type': 'application/octet-stream' } : {}),
+      }),
     });
     const api = {
       settings: s,
@@ -604,7 +639,7 @@
     const url = `${target}/status?resumableIdentifier=${encodeURIComponent(identifier)}`;
     for (let attempt = 0; attempt < 5; attempt++) {
       try {
-        const resp = await fetch(url, { cache: 'no-store' });
+        const resp = await fetch(url, { cache: 'no-store', headers: authHeaders() });
         if (resp.ok) return await resp.json();
         if (resp.status !== 503) return null;
       } catch {

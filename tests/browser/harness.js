@@ -370,6 +370,8 @@ module.exports = {
   sleep,
   tempDir,
   removeDir,
+  chunkdBinary,
+  chunkdEnv,
   startChunkd,
   launchBrowser,
   makeFile,
