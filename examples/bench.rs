@@ -187,6 +187,13 @@ struct Bench {
     probe_tool: &'static str,
 }
 
+/// The server's CPU-seconds per GiB, or no figure (NaN, which is not recorded) when its
+/// process used none: `--server-bin` is then a wrapper such as `perf record` whose child does
+/// the work, and 0.00 would pass the CPU target.
+fn server_cpu_per_gib(cpu: f64, gib: f64) -> f64 {
+    if cpu > 0.0 { cpu / gib } else { f64::NAN }
+}
+
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--serve") {
         servers::serve_baseline();
@@ -655,7 +662,10 @@ impl Bench {
         f.add(format!("{name}.p50_ms"), up.percentile(50.0));
         f.add(format!("{name}.p99_ms"), up.percentile(99.0));
         f.add(format!("{name}.max_ms"), up.percentile(100.0));
-        f.add(format!("{name}.cpu_s_per_gib"), cpu / gib);
+        f.add(
+            format!("{name}.cpu_s_per_gib"),
+            server_cpu_per_gib(cpu, gib),
+        );
         f.add(format!("{name}.client_cpu_s_per_gib"), ccpu / gib);
         f.add(format!("{name}.peak_rss_mib"), rss);
         let mut note = String::new();
@@ -744,7 +754,10 @@ impl Bench {
         let gib = bytes as f64 / (1u64 << 30) as f64;
         let mbps = bytes as f64 / secs / 1e6;
         self.figs.add(format!("{name}.mbps"), mbps);
-        self.figs.add(format!("{name}.cpu_s_per_gib"), cpu / gib);
+        self.figs.add(
+            format!("{name}.cpu_s_per_gib"),
+            server_cpu_per_gib(cpu, gib),
+        );
         self.figs
             .add(format!("{name}.client_cpu_s_per_gib"), ccpu / gib);
         eprintln!(

@@ -82,9 +82,6 @@ pub enum Error {
     /// on another instance) can succeed.
     #[error("not ready: {0}")]
     NotReady(String),
-    /// The server is shutting down. Retrying (against the restarted server) can succeed.
-    #[error("the server is shutting down; retry later")]
-    ShuttingDown,
     /// Stored bytes failed their integrity check. Never shown to a client as data.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -117,7 +114,7 @@ impl Error {
             NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            DiskFull | Busy | NotReady(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            DiskFull | Busy | NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Corrupt(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,7 +143,6 @@ impl Error {
             DiskFull => "disk_full",
             Busy => "busy",
             NotReady(_) => "not_ready",
-            ShuttingDown => "shutting_down",
             Corrupt(_) => "corrupt",
             Internal(_) => "internal",
         }
@@ -171,7 +167,7 @@ impl Error {
             Error::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
             }
-            Error::DiskFull | Error::Busy | Error::NotReady(_) | Error::ShuttingDown => {
+            Error::DiskFull | Error::Busy | Error::NotReady(_) => {
                 headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             }
             Error::TooManyUploads(_) => {
