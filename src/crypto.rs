@@ -33,8 +33,8 @@ use std::path::Path;
 use aes::Aes256;
 use aes::cipher::consts::U16;
 use aes::cipher::{
-    Array, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockModeDecrypt,
-    BlockSizeUser, InnerIvInit, KeyInit, ParBlocks,
+    Array, BlockCipherDecBackend, BlockCipherDecClosure, BlockCipherDecrypt, BlockCipherEncBackend,
+    BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit, ParBlocks,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -189,9 +189,15 @@ impl GlobalKey {
         if blob.len() != 64 {
             return None;
         }
-        let mut buf = blob[16..].to_vec();
-        let iv: [u8; 16] = blob[..16].try_into().ok()?;
-        cbc_decrypt(&self.cipher, &iv, &mut buf);
+        let mut buf = [0u8; 48];
+        let mut prev: [u8; 16] = blob[..16].try_into().ok()?;
+        for (i, sealed) in blob[16..].chunks_exact(16).enumerate() {
+            let sealed: [u8; 16] = sealed.try_into().ok()?;
+            let mut b = Block::from(sealed);
+            self.cipher.decrypt_block(&mut b);
+            buf[i * 16..][..16].copy_from_slice(&xor16(&b.into(), &prev));
+            prev = sealed;
+        }
         Some(FileKeys {
             key: buf[..32].try_into().ok()?,
             iv: buf[32..].try_into().ok()?,
@@ -282,16 +288,132 @@ impl FileCipher {
 
     /// Decrypts, in place, consecutive segments of one chunk starting at segment `first` (the
     /// inverse of [`FileCipher::seal_segments`]; padding is left for the caller to strip).
+    ///
+    /// CBC decryption has no chain: every block's decryption is independent, so each segment
+    /// is opened a group of blocks at a time, both layers per group, straight through the two
+    /// backends. Two passes through the `cbc` crate instead took 37% more instructions per byte
+    /// (callgrind of a download), most of them copying blocks in and out of its arrays, and
+    /// opened 1.0-1.4 GB/s in memory against 1.9-2.2 GB/s.
     pub fn open_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
         assert!(
             buf.len().is_multiple_of(BLOCK),
             "sealed data must be whole blocks"
         );
-        for (i, seg) in buf.chunks_mut(SEGMENT).enumerate() {
-            let (iv_in, iv_out) = self.segment_ivs(nonce, chunk, first + i as u32);
-            cbc_decrypt(&self.outer, &iv_out, seg);
-            cbc_decrypt(&self.inner, &iv_in, seg);
+        self.outer.decrypt_with_backend(OpenWithOuter {
+            cipher: self,
+            nonce,
+            chunk,
+            first,
+            buf,
+        });
+    }
+}
+
+/// Opening, first step: the outer layer's backend is at hand; fetch the inner one.
+struct OpenWithOuter<'a> {
+    cipher: &'a FileCipher,
+    nonce: u64,
+    chunk: u32,
+    first: u32,
+    buf: &'a mut [u8],
+}
+
+impl BlockSizeUser for OpenWithOuter<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherDecClosure for OpenWithOuter<'_> {
+    #[inline(always)]
+    fn call<O: BlockCipherDecBackend<BlockSize = U16>>(self, outer: &O) {
+        let inner = &self.cipher.inner;
+        inner.decrypt_with_backend(OpenWithBoth { job: self, outer });
+    }
+}
+
+/// Opening, second step: both backends are at hand.
+struct OpenWithBoth<'a, 'b, O> {
+    job: OpenWithOuter<'a>,
+    outer: &'b O,
+}
+
+impl<O> BlockSizeUser for OpenWithBoth<'_, '_, O> {
+    type BlockSize = U16;
+}
+
+impl<O: BlockCipherDecBackend<BlockSize = U16>> BlockCipherDecClosure for OpenWithBoth<'_, '_, O> {
+    #[inline(always)]
+    fn call<I: BlockCipherDecBackend<BlockSize = U16>>(self, inner: &I) {
+        let OpenWithBoth { job, outer } = self;
+        for (i, seg) in job.buf.chunks_mut(SEGMENT).enumerate() {
+            let (iv_in, iv_out) =
+                job.cipher
+                    .segment_ivs(job.nonce, job.chunk, job.first + i as u32);
+            let mut prev_out = u128::from_ne_bytes(iv_out);
+            let mut prev_in = u128::from_ne_bytes(iv_in);
+            for group in seg.chunks_mut(OPEN_GROUP * BLOCK) {
+                let n = group.len() / BLOCK;
+                if n == OPEN_GROUP {
+                    // The common case, with a constant count the compiler unrolls.
+                    open_group(inner, outer, group, OPEN_GROUP, &mut prev_in, &mut prev_out);
+                } else {
+                    open_group(inner, outer, group, n, &mut prev_in, &mut prev_out);
+                }
+            }
         }
+    }
+}
+
+/// Blocks opened side by side: the AES-NI backend's eight parallel blocks. Sixteen opened no
+/// faster, with 11% more instructions.
+const OPEN_GROUP: usize = 8;
+
+/// Opens the first `n` blocks of `group`, both layers: the outer layer's plaintext is the inner
+/// layer's ciphertext. `prev_*` hold each layer's ciphertext block before the group.
+#[inline(always)]
+fn open_group<I, O>(
+    inner: &I,
+    outer: &O,
+    group: &mut [u8],
+    n: usize,
+    prev_in: &mut u128,
+    prev_out: &mut u128,
+) where
+    I: BlockCipherDecBackend<BlockSize = U16>,
+    O: BlockCipherDecBackend<BlockSize = U16>,
+{
+    let mut sealed = [0u128; OPEN_GROUP];
+    let mut x = [Block::default(); OPEN_GROUP];
+    for j in 0..n {
+        sealed[j] = u128::from_ne_bytes(group[j * BLOCK..][..BLOCK].try_into().unwrap());
+        x[j] = Block::from(sealed[j].to_ne_bytes());
+    }
+    decrypt_with(outer, &mut x[..n]);
+    // The outer layer's plaintext, which is the inner layer's ciphertext.
+    let mut mid = [0u128; OPEN_GROUP];
+    for j in 0..n {
+        let before = if j == 0 { *prev_out } else { sealed[j - 1] };
+        mid[j] = to_u128(&x[j]) ^ before;
+        x[j] = Block::from(mid[j].to_ne_bytes());
+    }
+    *prev_out = sealed[n - 1];
+    decrypt_with(inner, &mut x[..n]);
+    for j in 0..n {
+        let before = if j == 0 { *prev_in } else { mid[j - 1] };
+        let plain = to_u128(&x[j]) ^ before;
+        group[j * BLOCK..][..BLOCK].copy_from_slice(&plain.to_ne_bytes());
+    }
+    *prev_in = mid[n - 1];
+}
+
+/// Decrypts independent blocks with a backend: whole batches of its parallel width, then the rest.
+#[inline(always)]
+fn decrypt_with<B: BlockCipherDecBackend<BlockSize = U16>>(backend: &B, blocks: &mut [Block]) {
+    let (par, tail) = ParBlocks::<B>::slice_as_chunks_mut(blocks);
+    for p in par {
+        backend.decrypt_par_blocks_inplace(p);
+    }
+    for b in tail {
+        backend.decrypt_block_inplace(b);
     }
 }
 
@@ -417,14 +539,6 @@ fn encrypt_with<B: BlockCipherEncBackend<BlockSize = U16>>(backend: &B, blocks: 
     }
 }
 
-/// CBC decryption of whole blocks in place (parallel inside the `cbc` crate).
-fn cbc_decrypt(cipher: &Aes256, iv: &[u8; 16], buf: &mut [u8]) {
-    let (blocks, rest) = Block::slice_as_chunks_mut(buf);
-    debug_assert!(rest.is_empty());
-    let mut dec = cbc::Decryptor::<Aes256>::inner_iv_init(cipher.clone(), &Block::from(*iv));
-    dec.decrypt_blocks(blocks);
-}
-
 /// Appends PKCS#7 padding: 1 to 16 bytes, each holding the pad length.
 pub fn pad(buf: &mut Vec<u8>) {
     let p = BLOCK - buf.len() % BLOCK;
@@ -523,8 +637,44 @@ mod tests {
                 }
                 assert_eq!(cut, whole, "len {len} batch {batch}");
             }
+            // Downloads open a chunk in batches too, each from its first segment's number.
+            for batch in [1, 3, 8, 9] {
+                let mut cut = whole.clone();
+                for (i, piece) in cut.chunks_mut(batch * SEGMENT).enumerate() {
+                    fc.open_segments(9, 4, (i * batch) as u32, piece);
+                }
+                assert_eq!(cut, plain, "len {len} batch {batch}");
+            }
             fc.open_segments(9, 4, 0, &mut whole);
             assert_eq!(whole, plain);
+        }
+    }
+
+    #[test]
+    fn opening_equals_two_plain_cbc_decryptions_per_segment() {
+        use aes::cipher::{BlockModeDecrypt, KeyIvInit};
+        let keys = FileKeys::generate();
+        let fc = FileCipher::new(&global(), &keys);
+        let raw_g: [u8; 32] = std::array::from_fn(|i| i as u8);
+        // Whole groups of blocks, a short last group, one block, several segments.
+        for len in [16usize, 48, 256, 272, 4096 + 32, SEGMENT, 5 * SEGMENT + 240] {
+            // Any bytes decrypt: the reference is `cbc`, outer layer first, per segment.
+            let sealed: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let mut got = sealed.clone();
+            fc.open_segments(5, 2, 7, &mut got);
+            for (s, seg) in sealed.chunks(SEGMENT).enumerate() {
+                let (iv_in, iv_out) = fc.segment_ivs(5, 2, 7 + s as u32);
+                let mut x = seg.to_vec();
+                let (blocks, _) = Block::slice_as_chunks_mut(&mut x);
+                cbc::Decryptor::<Aes256>::new(&raw_g.into(), &iv_out.into()).decrypt_blocks(blocks);
+                cbc::Decryptor::<Aes256>::new(&keys.key.into(), &iv_in.into())
+                    .decrypt_blocks(blocks);
+                assert_eq!(
+                    &got[s * SEGMENT..][..seg.len()],
+                    &x[..],
+                    "len {len} segment {s}"
+                );
+            }
         }
     }
 
