@@ -201,7 +201,7 @@ impl Spool {
         };
         // The region's blocks are allocated now: that takes ext4's per-block delayed-allocation
         // work off every write (perf: 7% of the server's CPU on 1 MiB chunks), and a disk too
-        // full for the chunk says so before its body is read. Where it is not supported, the
+        // full for the chunk says so before any of it is written. Where it is not supported, the
         // writes allocate as they go. The file grows over what is allocated (ext4 punches no
         // holes past a file's end, and a region may have to be given back). At most
         // PREALLOCATE of it: a chunk whose size is not known yet gets a region as large as it
