@@ -177,12 +177,16 @@ fn forget_lost_chunks(index: &Index, spool: &Spool) -> Result<usize> {
         .map(|id| (id, Vec::new()))
         .collect();
     for (upload, c) in index.incomplete_chunks()? {
-        if let Err(why) = spool.check_chunk(&upload, &c) {
-            tracing::warn!(upload_id = %upload, chunk = c.number, %why, "chunk bytes missing; it will be asked for again");
-            lost.push((upload, c.number));
-        } else {
-            kept.entry(upload).or_default().push(c);
+        kept.entry(upload).or_default().push(c);
+    }
+    for (upload, chunks) in &mut kept {
+        let mut missing = std::collections::HashSet::new();
+        for (number, why) in spool.missing_chunks(upload, chunks) {
+            tracing::warn!(upload_id = %upload, chunk = number, %why, "chunk bytes missing; it will be asked for again");
+            lost.push((upload.clone(), number));
+            missing.insert(number);
         }
+        chunks.retain(|c| !missing.contains(&c.number));
     }
     index.forget_chunks(&lost)?;
     for (upload, chunks) in &kept {

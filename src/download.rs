@@ -125,14 +125,17 @@ pub async fn serve_thumbnail(
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Checks before any header is sent that every chunk's bytes are there, by size.
+/// Checks before any header is sent that every chunk's bytes are there, by size and
+/// allocation.
 fn check_spool(app: &App, file: &FileRow) -> Result<()> {
-    for c in &file.chunks {
-        app.spool
-            .check_chunk(&file.upload_id, c)
-            .map_err(Error::Corrupt)?;
+    match app
+        .spool
+        .missing_chunks(&file.upload_id, &file.chunks)
+        .pop()
+    {
+        Some((_, why)) => Err(Error::Corrupt(why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Builds the response for a complete file: headers, conditionals, range, streamed body.

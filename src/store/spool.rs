@@ -70,6 +70,12 @@ pub fn release_region(file: &File, pos: u64, len: u64) {
     }
 }
 
+/// The first hole in `file` at or after `from`; `u64::MAX` where the file system cannot tell,
+/// for which every file is all data.
+fn first_hole(file: &File, from: u64) -> u64 {
+    rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(from)).unwrap_or(u64::MAX)
+}
+
 /// A spool entry that no index row owns.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unowned {
@@ -283,35 +289,102 @@ impl Spool {
         Ok((File::open(path)?, start))
     }
 
-    /// Whether a committed chunk's sealed bytes are all there, by size and, in a data file, by
-    /// allocation (the contents are checked when they are read); the reason if not.
+    /// Which of an upload's committed chunks have sealed bytes missing, by size and, in a data
+    /// file, by allocation (the contents are checked when they are read): each with the reason.
     ///
     /// A region's blocks are allocated before its bytes are written, so after a power loss in
     /// `fast` mode a region can have its size but not its bytes: the file system then reports
     /// it as a hole (`SEEK_HOLE`), which this finds. Where the file system cannot tell, a file
     /// is all data, and only the size is checked.
-    pub fn check_chunk(&self, upload_id: &str, c: &ChunkRow) -> Result<(), String> {
-        let (path, start, own) = self.chunk_place(upload_id, c).map_err(|e| e.to_string())?;
-        let need = start + sealed_len(c.len);
-        let what = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-        let file = File::open(&path).map_err(|e| what(&e))?;
-        let size = file.metadata().map_err(|e| what(&e))?.len();
-        // A file of its own holds the chunk exactly; a data file holds other regions too.
-        if size < need || (own && size != need) {
-            return Err(format!(
-                "{}: {size} bytes, chunk {} needs {need}",
-                path.display(),
-                c.number
-            ));
+    ///
+    /// All of an upload's chunks are checked in one call: the data file is opened once and its
+    /// holes are found walking forward. ext4 answers `SEEK_HOLE` on a file still in the page
+    /// cache by walking it up to the next hole, so one seek from every region's start cost
+    /// O(chunks x size): a download of a 1 GiB file just uploaded ran at 394 MB/s and 3.07
+    /// CPU-s/GiB, against 831 MB/s and 2.05 for eight files of 128 MiB.
+    pub fn missing_chunks(&self, upload_id: &str, chunks: &[ChunkRow]) -> Vec<(u64, String)> {
+        let mut missing = Vec::new();
+        // (start, end) of each region in the data file, and its chunk's number.
+        let mut regions = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let len = sealed_len(c.len);
+            match c.pos {
+                Some(pos) => regions.push((pos, pos + len, c.number)),
+                // The layout before data files: a file of its own holds the chunk exactly.
+                None => {
+                    let checked = self
+                        .chunk_path(upload_id, c.number, c.nonce)
+                        .and_then(|path| {
+                            let file = File::open(&path)?;
+                            Ok((path, file.metadata()?.len(), first_hole(&file, 0)))
+                        });
+                    let why = match checked {
+                        Err(e) => Some(format!("chunk {}: {e}", c.number)),
+                        Ok((path, size, _)) if size != len => Some(format!(
+                            "{}: {size} bytes, chunk {} needs {len}",
+                            path.display(),
+                            c.number
+                        )),
+                        Ok((path, _, hole)) if hole < len => Some(format!(
+                            "{}: chunk {} has no bytes on disk from offset {hole}",
+                            path.display(),
+                            c.number
+                        )),
+                        Ok(_) => None,
+                    };
+                    missing.extend(why.map(|why| (c.number, why)));
+                }
+            }
         }
-        match rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start)) {
-            Ok(hole) if hole < need => Err(format!(
-                "{}: chunk {} has no bytes on disk from offset {hole}",
-                path.display(),
-                c.number
-            )),
-            _ => Ok(()),
+        if regions.is_empty() {
+            return missing;
         }
+        regions.sort_unstable();
+        let opened = self.data_path(upload_id).and_then(|path| {
+            let file = File::open(&path)?;
+            let size = file.metadata()?.len();
+            Ok((path, file, size))
+        });
+        let (path, file, size) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                let why = format!("data file of upload {upload_id}: {e}");
+                missing.extend(regions.iter().map(|&(_, _, n)| (n, why.clone())));
+                return missing;
+            }
+        };
+        // The last hole found, and where the seek that found it started: no hole lies between.
+        let mut known: Option<(u64, u64)> = None;
+        for (start, end, number) in regions {
+            if size < end {
+                missing.push((
+                    number,
+                    format!(
+                        "{}: {size} bytes, chunk {number} needs {end}",
+                        path.display()
+                    ),
+                ));
+                continue;
+            }
+            let hole = match known {
+                Some((from, hole)) if from <= start && start < hole => hole,
+                _ => {
+                    let hole = first_hole(&file, start);
+                    known = Some((start, hole));
+                    hole
+                }
+            };
+            if hole < end {
+                missing.push((
+                    number,
+                    format!(
+                        "{}: chunk {number} has no bytes on disk from offset {hole}",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        missing
     }
 
     /// Removes a committed chunk's bytes (its row is gone): frees its region, or removes its
@@ -495,6 +568,49 @@ mod tests {
         }
         let restarted = Spool::open(dir.path().join("spool"), Durability::Fast).unwrap();
         assert!(restarted.reserve(ID, 16).unwrap().pos >= regions[2].pos + sealed);
+    }
+
+    #[test]
+    fn missing_chunks_are_found_in_one_walk_whatever_the_order_of_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool"), Durability::Fast).unwrap();
+        let len = 3 * ALIGN - 16;
+        let sealed = sealed_len(len);
+        let regions: Vec<Region> = (0..5).map(|_| spool.reserve(ID, sealed).unwrap()).collect();
+        for r in &regions {
+            r.file
+                .write_all_at(&vec![1u8; sealed as usize], r.pos)
+                .unwrap();
+        }
+        // Chunk 2 lost a page in its middle; region 4 is litter given back whole, between
+        // chunks that are intact.
+        release_region(&regions[1].file, regions[1].pos + ALIGN, ALIGN);
+        release_region(&regions[3].file, regions[3].pos, sealed);
+        let rows = [
+            row(5, &regions[4], len),
+            row(1, &regions[0], len),
+            row(3, &regions[2], len),
+            row(2, &regions[1], len),
+            // Recorded past the end of the data file.
+            ChunkRow {
+                pos: Some(regions[4].pos + ALIGN),
+                ..row(6, &regions[4], len)
+            },
+            // The layout before data files, its file gone.
+            ChunkRow {
+                pos: None,
+                ..row(7, &regions[0], len)
+            },
+        ];
+        let mut missing: Vec<u64> = spool
+            .missing_chunks(ID, &rows)
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        missing.sort_unstable();
+        assert_eq!(missing, [2, 6, 7]);
+        let intact = [row(1, &regions[0], len), row(5, &regions[4], len)];
+        assert!(spool.missing_chunks(ID, &intact).is_empty());
     }
 
     #[test]
