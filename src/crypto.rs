@@ -277,7 +277,7 @@ impl FileCipher {
             buf.len().is_multiple_of(BLOCK),
             "sealed data must be whole blocks"
         );
-        self.inner.encrypt_with_backend(SealWithInner {
+        self.inner.encrypt_with_backend(Segments {
             cipher: self,
             nonce,
             chunk,
@@ -299,7 +299,7 @@ impl FileCipher {
             buf.len().is_multiple_of(BLOCK),
             "sealed data must be whole blocks"
         );
-        self.outer.decrypt_with_backend(OpenWithOuter {
+        self.outer.decrypt_with_backend(Segments {
             cipher: self,
             nonce,
             chunk,
@@ -309,8 +309,11 @@ impl FileCipher {
     }
 }
 
-/// Opening, first step: the outer layer's backend is at hand; fetch the inner one.
-struct OpenWithOuter<'a> {
+/// The segments of one call, carried into the `aes` crate's backend closures. As a
+/// [`BlockCipherEncClosure`] it seals, the inner layer's backend at hand first; as a
+/// [`BlockCipherDecClosure`] it opens, the outer layer's first. Either way it then fetches the
+/// other layer's backend, into [`Both`].
+struct Segments<'a> {
     cipher: &'a FileCipher,
     nonce: u64,
     chunk: u32,
@@ -318,32 +321,50 @@ struct OpenWithOuter<'a> {
     buf: &'a mut [u8],
 }
 
-impl BlockSizeUser for OpenWithOuter<'_> {
+impl BlockSizeUser for Segments<'_> {
     type BlockSize = U16;
 }
 
-impl BlockCipherDecClosure for OpenWithOuter<'_> {
+impl BlockCipherEncClosure for Segments<'_> {
     #[inline(always)]
-    fn call<O: BlockCipherDecBackend<BlockSize = U16>>(self, outer: &O) {
-        let inner = &self.cipher.inner;
-        inner.decrypt_with_backend(OpenWithBoth { job: self, outer });
+    fn call<I: BlockCipherEncBackend<BlockSize = U16>>(self, inner: &I) {
+        let outer = &self.cipher.outer;
+        outer.encrypt_with_backend(Both {
+            job: self,
+            fetched: inner,
+        });
     }
 }
 
-/// Opening, second step: both backends are at hand.
-struct OpenWithBoth<'a, 'b, O> {
-    job: OpenWithOuter<'a>,
-    outer: &'b O,
+impl BlockCipherDecClosure for Segments<'_> {
+    #[inline(always)]
+    fn call<O: BlockCipherDecBackend<BlockSize = U16>>(self, outer: &O) {
+        let inner = &self.cipher.inner;
+        inner.decrypt_with_backend(Both {
+            job: self,
+            fetched: outer,
+        });
+    }
 }
 
-impl<O> BlockSizeUser for OpenWithBoth<'_, '_, O> {
+/// The second step: the backend fetched first (sealing: the inner layer's; opening: the
+/// outer's) is at hand, and the closure gets the other.
+struct Both<'a, 'b, B> {
+    job: Segments<'a>,
+    fetched: &'b B,
+}
+
+impl<B> BlockSizeUser for Both<'_, '_, B> {
     type BlockSize = U16;
 }
 
-impl<O: BlockCipherDecBackend<BlockSize = U16>> BlockCipherDecClosure for OpenWithBoth<'_, '_, O> {
+impl<O: BlockCipherDecBackend<BlockSize = U16>> BlockCipherDecClosure for Both<'_, '_, O> {
     #[inline(always)]
     fn call<I: BlockCipherDecBackend<BlockSize = U16>>(self, inner: &I) {
-        let OpenWithBoth { job, outer } = self;
+        let Both {
+            job,
+            fetched: outer,
+        } = self;
         for (i, seg) in job.buf.chunks_mut(SEGMENT).enumerate() {
             let (iv_in, iv_out) =
                 job.cipher
@@ -417,41 +438,13 @@ fn decrypt_with<B: BlockCipherDecBackend<BlockSize = U16>>(backend: &B, blocks: 
     }
 }
 
-/// Sealing, first step: the inner layer's backend is at hand; fetch the outer one.
-struct SealWithInner<'a> {
-    cipher: &'a FileCipher,
-    nonce: u64,
-    chunk: u32,
-    first: u32,
-    buf: &'a mut [u8],
-}
-
-impl BlockSizeUser for SealWithInner<'_> {
-    type BlockSize = U16;
-}
-
-impl BlockCipherEncClosure for SealWithInner<'_> {
-    #[inline(always)]
-    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, inner: &B) {
-        let outer = &self.cipher.outer;
-        outer.encrypt_with_backend(SealWithBoth { job: self, inner });
-    }
-}
-
-/// Sealing, second step: both backends are at hand.
-struct SealWithBoth<'a, 'b, I> {
-    job: SealWithInner<'a>,
-    inner: &'b I,
-}
-
-impl<I> BlockSizeUser for SealWithBoth<'_, '_, I> {
-    type BlockSize = U16;
-}
-
-impl<I: BlockCipherEncBackend<BlockSize = U16>> BlockCipherEncClosure for SealWithBoth<'_, '_, I> {
+impl<I: BlockCipherEncBackend<BlockSize = U16>> BlockCipherEncClosure for Both<'_, '_, I> {
     #[inline(always)]
     fn call<O: BlockCipherEncBackend<BlockSize = U16>>(self, outer: &O) {
-        let SealWithBoth { job, inner } = self;
+        let Both {
+            job,
+            fetched: inner,
+        } = self;
         let c = job.cipher;
         let mut seg = job.first;
         for group in job.buf.chunks_mut(SEGMENT * LANES) {

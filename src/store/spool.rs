@@ -304,85 +304,59 @@ impl Spool {
     /// CPU-s/GiB, against 831 MB/s and 2.05 for eight files of 128 MiB.
     pub fn missing_chunks(&self, upload_id: &str, chunks: &[ChunkRow]) -> Vec<(u64, String)> {
         let mut missing = Vec::new();
-        // (start, end) of each region in the data file, and its chunk's number.
-        let mut regions = Vec::with_capacity(chunks.len());
+        // Each chunk's file, the start and end of its bytes there, and its number, in file and
+        // then offset order: each file is opened once and walked forward.
+        let mut places = Vec::with_capacity(chunks.len());
         for c in chunks {
-            let len = sealed_len(c.len);
-            match c.pos {
-                Some(pos) => regions.push((pos, pos + len, c.number)),
-                // The layout before data files: a file of its own holds the chunk exactly.
-                None => {
-                    let checked = self
-                        .chunk_path(upload_id, c.number, c.nonce)
-                        .and_then(|path| {
-                            let file = File::open(&path)?;
-                            Ok((path, file.metadata()?.len(), first_hole(&file, 0)))
-                        });
-                    let why = match checked {
-                        Err(e) => Some(format!("chunk {}: {e}", c.number)),
-                        Ok((path, size, _)) if size != len => Some(format!(
-                            "{}: {size} bytes, chunk {} needs {len}",
-                            path.display(),
-                            c.number
-                        )),
-                        Ok((path, _, hole)) if hole < len => Some(format!(
-                            "{}: chunk {} has no bytes on disk from offset {hole}",
-                            path.display(),
-                            c.number
-                        )),
-                        Ok(_) => None,
-                    };
-                    missing.extend(why.map(|why| (c.number, why)));
+            match self.chunk_place(upload_id, c) {
+                Ok((path, start, own)) => {
+                    places.push((path, start, start + sealed_len(c.len), own, c.number))
                 }
+                Err(e) => missing.push((c.number, format!("chunk {}: {e}", c.number))),
             }
         }
-        if regions.is_empty() {
-            return missing;
-        }
-        regions.sort_unstable();
-        let opened = self.data_path(upload_id).and_then(|path| {
-            let file = File::open(&path)?;
-            let size = file.metadata()?.len();
-            Ok((path, file, size))
-        });
-        let (path, file, size) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                let why = format!("data file of upload {upload_id}: {e}");
-                missing.extend(regions.iter().map(|&(_, _, n)| (n, why.clone())));
-                return missing;
-            }
-        };
-        // The last hole found, and where the seek that found it started: no hole lies between.
+        places.sort_unstable();
+        // The file open now and its size, and the last hole found in it with where the seek that
+        // found it started (no hole lies between).
+        let mut current: Option<PathBuf> = None;
+        let mut opened: Result<(File, u64), String> = Err(String::new());
         let mut known: Option<(u64, u64)> = None;
-        for (start, end, number) in regions {
-            if size < end {
-                missing.push((
-                    number,
-                    format!(
-                        "{}: {size} bytes, chunk {number} needs {end}",
-                        path.display()
-                    ),
-                ));
-                continue;
+        for (path, start, end, own, number) in places {
+            if current.as_ref() != Some(&path) {
+                opened = File::open(&path)
+                    .and_then(|f| {
+                        let size = f.metadata()?.len();
+                        Ok((f, size))
+                    })
+                    .map_err(|e| e.to_string());
+                known = None;
+                current = Some(path.clone());
             }
-            let hole = match known {
-                Some((from, hole)) if from <= start && start < hole => hole,
-                _ => {
-                    let hole = first_hole(&file, start);
-                    known = Some((start, hole));
-                    hole
+            let why = match &opened {
+                Err(e) => Some(format!("{}: {e}", path.display())),
+                // A file of its own holds the chunk exactly; a data file holds other regions too.
+                Ok((_, size)) if *size < end || (own && *size != end) => Some(format!(
+                    "{}: {size} bytes, chunk {number} needs {end}",
+                    path.display()
+                )),
+                Ok((file, _)) => {
+                    let hole = match known {
+                        Some((from, hole)) if from <= start && start < hole => hole,
+                        _ => {
+                            let hole = first_hole(file, start);
+                            known = Some((start, hole));
+                            hole
+                        }
+                    };
+                    (hole < end).then(|| {
+                        format!(
+                            "{}: chunk {number} has no bytes on disk from offset {hole}",
+                            path.display()
+                        )
+                    })
                 }
             };
-            if hole < end {
-                missing.push((
-                    number,
-                    format!(
-                        "{}: chunk {number} has no bytes on disk from offset {hole}",
-                        path.display()
-                    ),
-                ));
-            }
+            missing.extend(why.map(|why| (number, why)));
         }
         missing
     }
