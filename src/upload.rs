@@ -35,7 +35,7 @@ use crate::store::{ChunkRow, Commit, Region, Removed, UploadRow, release_region}
 /// memory per request stays flat (two batches), large enough that the hand-off of each batch to
 /// a blocking thread (two wake-ups, which profiles showed costing more than the hashing) is
 /// paid rarely: 256 KiB, four per 1 MiB chunk.
-const BATCH: usize = 16 * SEGMENT;
+pub(crate) const BATCH: usize = 16 * SEGMENT;
 /// Largest text field accepted in a multipart body.
 const MAX_FIELD: usize = 64 * 1024;
 /// Most text fields before the file part.
@@ -986,20 +986,24 @@ impl Sealing {
 
 type Pending = tokio::task::JoinHandle<std::io::Result<(Sealing, Vec<u8>)>>;
 
-/// Sealing batches kept for the next chunks. A fresh 256 KiB buffer per batch costs a page
+/// Batch buffers kept for the next chunks, and for downloads, which decrypt in batches of the
+/// same size ([`crate::download`]). A fresh 256 KiB buffer per batch costs a page
 /// fault on every first touch of its pages and gives them back to the kernel when freed (perf:
 /// about 5% of the server's CPU in those faults and `madvise`, under the copy into the batch).
 /// At most [`POOL_MAX`] are kept, so idle memory stays bounded whatever the peak was.
 static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-/// Batches the pool keeps (4 MiB): enough for the two of each of 8 chunks in flight.
-const POOL_MAX: usize = 16;
+/// Batches the pool keeps (8 MiB): enough for the two of each of 8 chunks in flight, or for
+/// three downloads, each with up to six batches between its disk reads and its socket.
+const POOL_MAX: usize = 32;
 
-fn take_buffer() -> Vec<u8> {
+/// An empty buffer with room for one batch and its padding block.
+pub(crate) fn take_buffer() -> Vec<u8> {
     let reused = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
     reused.unwrap_or_else(|| Vec::with_capacity(BATCH + crypto::BLOCK))
 }
 
-fn give_buffer(mut buf: Vec<u8>) {
+/// Gives `buf` back to the pool, if it is one of its size and the pool has room.
+pub(crate) fn give_buffer(mut buf: Vec<u8>) {
     if buf.capacity() < BATCH + crypto::BLOCK {
         return;
     }
