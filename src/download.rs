@@ -417,22 +417,32 @@ pub fn read_chunk(
         // when the socket has sent it, or here when it is not sent.
         let mut lent = Lent(upload::take_buffer());
         let buf = &mut lent.0;
+        // The batch starts on a cache line: see `upload::READ_ALIGN`.
+        let skip = buf.as_ptr().align_offset(upload::READ_ALIGN);
+        buf.resize(skip, 0);
         (&mut f)
             .take(n as u64)
             .read_to_end(buf)
             .map_err(|e| corrupt(e.to_string()))?;
-        if buf.len() != n {
-            return Err(corrupt(format!("ends {} bytes early", n - buf.len())));
+        let data = &mut buf[skip..];
+        if data.len() != n {
+            return Err(corrupt(format!("ends {} bytes early", n - data.len())));
         }
-        cipher.open_segments(c.nonce, c.number as u32, (pos / SEGMENT as u64) as u32, buf);
+        cipher.open_segments(
+            c.nonce,
+            c.number as u32,
+            (pos / SEGMENT as u64) as u32,
+            data,
+        );
         let plain_end = (pos + n as u64).min(c.len);
-        hasher.update(&buf[..(plain_end - pos) as usize]);
+        hasher.update(&data[..(plain_end - pos) as usize]);
         if pos + n as u64 == sealed {
-            check_padding(buf, c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
+            check_padding(data, c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
         }
         let (from, to) = (a.max(pos), b.min(plain_end));
         if to > from {
-            let piece = Bytes::from_owner(lent).slice((from - pos) as usize..(to - pos) as usize);
+            let at = |x: u64| skip + (x - pos) as usize;
+            let piece = Bytes::from_owner(lent).slice(at(from)..at(to));
             if let Some(prev) = held.replace(piece)
                 && !send(prev)
             {
@@ -484,6 +494,78 @@ pub fn check_padding(buf: &[u8], plain: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Reads and checks chunk `c`'s bytes `a..b`, keeping the pieces as sent.
+    fn pieces(spool: &Spool, cipher: &FileCipher, c: &ChunkRow, a: u64, b: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let sent = read_chunk(spool, cipher, ID, c, a, b, &mut |p: Bytes| {
+            out.push(p);
+            true
+        });
+        assert!(sent.unwrap(), "the reader never refused a piece");
+        out
+    }
+
+    #[test]
+    fn chunks_are_read_in_batches_that_start_on_a_cache_line() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool"), crate::config::Durability::Fast).unwrap();
+        let raw: [u8; 48] = std::array::from_fn(|i| (i * 29 + 3) as u8);
+        let cipher = FileCipher::new(
+            &crypto::GlobalKey::from_bytes(&raw),
+            &crypto::FileKeys::generate(),
+        );
+        // Two full batches and a short third.
+        let len = 2 * BATCH as u64 + 4099;
+        let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut sealed = plain.clone();
+        crypto::pad(&mut sealed);
+        cipher.seal_segments(7, 1, 0, &mut sealed);
+        let region = spool.reserve(ID, sealed.len() as u64).unwrap();
+        region.file.write_all_at(&sealed, region.pos).unwrap();
+        let c = ChunkRow {
+            number: 1,
+            len,
+            nonce: 7,
+            hash: xxhash_rust::xxh3::xxh3_64(&plain),
+            pos: Some(region.pos),
+        };
+        // Whole, every piece is a whole batch, and starts on a cache line.
+        let whole = pieces(&spool, &cipher, &c, 0, len);
+        assert_eq!(whole.len(), 3);
+        for p in &whole {
+            assert_eq!(
+                p.as_ptr() as usize % upload::READ_ALIGN,
+                0,
+                "a batch off its line"
+            );
+        }
+        assert_eq!(whole.concat(), plain);
+        // A range from the middle of the first batch into the third skips nothing.
+        let (a, b) = (BATCH as u64 - 5, 2 * BATCH as u64 + 10);
+        assert_eq!(
+            pieces(&spool, &cipher, &c, a, b).concat(),
+            &plain[a as usize..b as usize]
+        );
+        // A range inside the second batch alone, so the other two are read, checked, not sent.
+        let (a, b) = (BATCH as u64 + 1, BATCH as u64 + 100);
+        let inner = pieces(&spool, &cipher, &c, a, b);
+        assert_eq!(inner.len(), 1);
+        assert_eq!(inner[0], &plain[a as usize..b as usize]);
+        // A damaged byte in the third batch fails the range in the second too.
+        region
+            .file
+            .write_all_at(
+                &[sealed[2 * BATCH + 9] ^ 1],
+                region.pos + 2 * BATCH as u64 + 9,
+            )
+            .unwrap();
+        let err = read_chunk(&spool, &cipher, ID, &c, a, b, &mut |_| true).unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+    }
 
     #[test]
     fn ranges() {
