@@ -32,7 +32,8 @@
 //! It prints one table per kind of figure (medians over `--runs`), the ratios against the
 //! targets of issue 6, and one JSON line with every median and every run's raw figures.
 //! Server CPU time is utime+stime from `/proc/<pid>/stat` around a phase; peak memory is the
-//! server's VmHWM. MB/s are 10^6 bytes per second. Traffic goes to 127.0.0.1 only.
+//! server's VmHWM, reset (`/proc/<pid>/clear_refs`) before a download phase so that its figure
+//! is the download's own. MB/s are 10^6 bytes per second. Traffic goes to 127.0.0.1 only.
 
 #[path = "bench/baselines.rs"]
 mod baselines;
@@ -739,6 +740,7 @@ impl Bench {
         name: &str,
         paths: Vec<String>,
     ) -> Result<(), String> {
+        let reset = server.reset_peak_rss();
         let (cpu0, ccpu0) = (server.cpu_seconds(), client_cpu());
         let (bytes, secs) = self
             .rt
@@ -760,10 +762,16 @@ impl Bench {
         );
         self.figs
             .add(format!("{name}.client_cpu_s_per_gib"), ccpu / gib);
+        // Without the reset, the figure would be the upload's peak before it.
+        let rss = reset.then(|| mib(server.peak_rss()));
+        if let Some(rss) = rss {
+            self.figs.add(format!("{name}.peak_rss_mib"), rss);
+        }
         eprintln!(
-            "  {name}: {mbps:.0} MB/s, server {:.2} CPU-s/GiB, client {:.2} CPU-s/GiB",
+            "  {name}: {mbps:.0} MB/s, server {:.2} CPU-s/GiB, client {:.2} CPU-s/GiB, server peak RSS {}",
             cpu / gib,
-            ccpu / gib
+            ccpu / gib,
+            rss.map_or("unknown".to_string(), |r| format!("{r:.1} MiB"))
         );
         Ok(())
     }
@@ -876,6 +884,10 @@ impl Bench {
             (
                 "download.cpu_s_per_gib",
                 "chunkd download, server CPU-s/GiB",
+            ),
+            (
+                "download.peak_rss_mib",
+                "chunkd download, server peak RSS MiB (of the phase)",
             ),
             ("source.mbps", "source (hyper, bytes from memory), MB/s"),
             ("dd.mbps", "dd conv=fdatasync, MB/s"),

@@ -118,6 +118,12 @@ impl Server {
     pub fn peak_rss(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:") * 1024
     }
+
+    /// Starts [`Server::peak_rss`] again from the current resident set (`clear_refs` mode 5),
+    /// so that a phase's peak is its own, not an earlier phase's. False if the kernel refused.
+    pub fn reset_peak_rss(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
 }
 
 impl Drop for Server {
