@@ -28,9 +28,9 @@ use crate::store::{ChunkRow, FileRow, Spool};
 use crate::upload;
 
 /// Bytes decrypted at a time (whole segments): the upload path's batch, so downloads take their
-/// buffers from the same pool ([`upload::take_buffer`]). Against fresh 128 KiB buffers, this
-/// cut a download's server CPU by about 15% (BENCHMARKS.md, round 5): no page faults on fresh
-/// pages, and half the wake-ups of the socket task.
+/// buffers from the same pool ([`upload::take_buffer`]), which took nine tenths of a download's
+/// page faults away. The CPU it saved came only with each batch starting on a cache line
+/// (BENCHMARKS.md, round 5).
 const BATCH: usize = upload::BATCH;
 /// Batches buffered between the reader thread and the socket (512 KiB).
 const IN_FLIGHT: usize = 2;

@@ -1001,19 +1001,23 @@ const POOL_MAX: usize = 32;
 /// page. On this machine's AMD CPU the kernel's copy (`rep movsb`) from a page-aligned page-cache
 /// page to a destination 8 or 16 bytes further into its page runs at a fifth of its speed: `read`
 /// of 256 KiB from a cached file measured 2.4 GB/s into such a buffer, 12 GB/s at offsets 0, 32,
-/// 64 or 2048 (BENCHMARKS.md, round 5). Uploads go the other way (`pwrite` from the buffer), which
-/// is slow only when the page cache's offset is just past the buffer's, not so here.
+/// 64 or 2048 (BENCHMARKS.md, round 5). Uploads copy the other way (`pwrite` from the buffer),
+/// which is slow when the file's offset in its page is just past the buffer's: not for a buffer
+/// 16 bytes into its page written to a page-aligned region.
 pub(crate) const READ_ALIGN: usize = 64;
 
-/// An empty buffer with room for one batch, its padding block and a download's alignment.
+/// The size of the pool's buffers: one batch, its padding block and a download's alignment.
+const BUFFER: usize = BATCH + crypto::BLOCK + READ_ALIGN;
+
+/// An empty buffer of [`BUFFER`] bytes' room.
 pub(crate) fn take_buffer() -> Vec<u8> {
     let reused = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    reused.unwrap_or_else(|| Vec::with_capacity(BATCH + crypto::BLOCK + READ_ALIGN))
+    reused.unwrap_or_else(|| Vec::with_capacity(BUFFER))
 }
 
 /// Gives `buf` back to the pool, if it is one of its size and the pool has room.
 pub(crate) fn give_buffer(mut buf: Vec<u8>) {
-    if buf.capacity() < BATCH + crypto::BLOCK {
+    if buf.capacity() < BUFFER {
         return;
     }
     buf.clear();
