@@ -420,6 +420,9 @@ pub fn read_chunk(
         // The batch starts on a cache line: see `upload::READ_ALIGN`.
         let skip = buf.as_ptr().align_offset(upload::READ_ALIGN);
         buf.resize(skip, 0);
+        // `read_to_end` through `Take` grows its reads from 8 KiB, doubling: six `read`s per
+        // 256 KiB batch. One `read` into a zeroed batch measured costlier (the zeroing), so the
+        // batch stays uninitialized until the kernel fills it (BENCHMARKS.md, round 5).
         (&mut f)
             .take(n as u64)
             .read_to_end(buf)

@@ -300,8 +300,9 @@ impl Spool {
     /// All of an upload's chunks are checked in one call: the data file is opened once and its
     /// holes are found walking forward. ext4 answers `SEEK_HOLE` on a file still in the page
     /// cache by walking it up to the next hole, so one seek from every region's start cost
-    /// O(chunks x size): a download of a 1 GiB file just uploaded ran at 394 MB/s and 3.07
-    /// CPU-s/GiB, against 831 MB/s and 2.05 for eight files of 128 MiB.
+    /// O(chunks x size): a download of a 1 GiB file just uploaded ran at 395-427 MB/s and
+    /// 2.88-3.13 CPU-s/GiB that way, 762-1329 MB/s and 1.14-1.66 this way (BENCHMARKS.md,
+    /// round 4).
     pub fn missing_chunks(&self, upload_id: &str, chunks: &[ChunkRow]) -> Vec<(u64, String)> {
         let mut missing = Vec::new();
         // Each chunk's file, the start and end of its bytes there, and its number, in file and
