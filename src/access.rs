@@ -20,25 +20,22 @@ use crate::protocol::Params;
 /// The scope of anonymous uploads.
 pub const ANONYMOUS: &str = "";
 
-/// The client's IP address as the accept loop saw it, put in every request's extensions. Behind
-/// a reverse proxy it is the proxy's: chunkd trusts no forwarding header, which anyone can forge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer(pub IpAddr);
-
 /// Whom a new upload counts against for `--max-open-uploads`: the principal of a token (its
 /// scope), else the client's address. An IPv6 client counts by its /64, since one host commonly
 /// holds a whole /64 and could otherwise take a fresh address per upload.
-pub fn owner(scope: &str, peer: Option<&Peer>) -> String {
+///
+/// `peer` is the client's address as the accept loop saw it. Behind a reverse proxy it is the
+/// proxy's: chunkd trusts no forwarding header, which anyone can forge.
+pub fn owner(scope: &str, peer: IpAddr) -> String {
     if scope != ANONYMOUS {
         return scope.to_string();
     }
-    match peer.map(|p| p.0.to_canonical()) {
-        Some(IpAddr::V4(v4)) => format!("ip:{v4}"),
-        Some(IpAddr::V6(v6)) => {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
             let s = v6.segments();
             format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
-        None => "ip:unknown".to_string(),
     }
 }
 
@@ -121,14 +118,14 @@ mod tests {
 
     #[test]
     fn owners() {
-        let p = |s: &str| Peer(s.parse().unwrap());
-        assert_eq!(owner("u:alice", Some(&p("10.0.0.1"))), "u:alice");
-        assert_eq!(owner(ANONYMOUS, Some(&p("10.0.0.1"))), "ip:10.0.0.1");
-        assert_eq!(owner(ANONYMOUS, Some(&p("::ffff:10.0.0.1"))), "ip:10.0.0.1");
-        let a = owner(ANONYMOUS, Some(&p("2001:db8:1:2::1")));
-        assert_eq!(a, owner(ANONYMOUS, Some(&p("2001:db8:1:2:ffff::9"))));
-        assert_ne!(a, owner(ANONYMOUS, Some(&p("2001:db8:1:3::1"))));
+        let p = |s: &str| s.parse().unwrap();
+        assert_eq!(owner("u:alice", p("10.0.0.1")), "u:alice");
+        assert_eq!(owner(ANONYMOUS, p("10.0.0.1")), "ip:10.0.0.1");
+        assert_eq!(owner(ANONYMOUS, p("::ffff:10.0.0.1")), "ip:10.0.0.1");
+        let a = owner(ANONYMOUS, p("2001:db8:1:2::1"));
+        assert_eq!(a, owner(ANONYMOUS, p("2001:db8:1:2:ffff::9")));
+        assert_ne!(a, owner(ANONYMOUS, p("2001:db8:1:3::1")));
         // A principal's scope never looks like an address key.
-        assert!(!owner(ANONYMOUS, None).starts_with("u:"));
+        assert!(!owner(ANONYMOUS, p("10.0.0.1")).starts_with("u:"));
     }
 }

@@ -246,10 +246,19 @@ pub fn clean_text(name: &'static str, v: &str, max: usize) -> Result<String> {
     if v.len() > max {
         return Err(Error::invalid(name, format!("longer than {max} bytes")));
     }
-    if v.chars().any(|c| c.is_control()) {
+    if has_control(v) {
         return Err(Error::invalid(name, "contains control characters"));
     }
     Ok(v.to_string())
+}
+
+/// Whether `v` holds a control character (`char::is_control`). Printable ASCII, which is what
+/// clients send, is recognised without decoding a `char`, in a pass the compiler vectorises:
+/// decoding every `char` was about 800 of the 7,700 instructions of parsing a probe's query
+/// (callgrind).
+fn has_control(v: &str) -> bool {
+    let printable = v.bytes().fold(true, |ok, c| ok & (0x20..0x7f).contains(&c));
+    !printable && v.chars().any(char::is_control)
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -357,5 +366,14 @@ mod tests {
         assert!(parse_query("").unwrap().is_empty());
         assert_eq!(parse_query(&"x&".repeat(256)).unwrap().len(), 256);
         assert!(parse_query(&"x&".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn control_characters_are_found_as_char_finds_them() {
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+            for v in [format!("{c}"), format!("ab{c}\u{a0}é")] {
+                assert_eq!(has_control(&v), c.is_control(), "U+{:04X}", c as u32);
+            }
+        }
     }
 }

@@ -13,7 +13,6 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
-use crate::access::Peer;
 use crate::app::App;
 use crate::body::{self, Body, RequestBody};
 use crate::error::{Error, Result};
@@ -110,8 +109,7 @@ fn loggable_path(path: &str) -> &str {
 
 /// Routes one request and turns an error into its response, with CORS headers.
 async fn respond(app: &Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let mut req = req.map(|b| RequestBody::new(b, app.config.net.body_timeout));
-    req.extensions_mut().insert(Peer(peer.ip()));
+    let req = req.map(|b| RequestBody::new(b, app.config.net.body_timeout));
     let origin = req.headers().get(header::ORIGIN).cloned();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req
@@ -121,7 +119,7 @@ async fn respond(app: &Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Re
     let mut resp = if req.method() == Method::OPTIONS {
         app.cors.preflight(origin.as_ref(), req.headers())
     } else {
-        route(app, req).await.unwrap_or_else(|e| {
+        route(app, peer, req).await.unwrap_or_else(|e| {
             let mut resp = e.into_response();
             // The handler may have answered before reading the whole body; the connection
             // cannot carry another request then, and the client must know not to reuse it.
@@ -136,7 +134,14 @@ async fn respond(app: &Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Re
     resp
 }
 
-async fn route(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
+/// `peer` is passed along as an argument, not put in the request's extensions: only the chunk
+/// POST needs it, and an extension cost every request (probes included) a type map and two
+/// allocations.
+async fn route(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>> {
     let path = req.uri().path().to_string();
     let upload_path = app.config.net.upload_path.as_str();
     let method = req.method().clone();
@@ -149,7 +154,7 @@ async fn route(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Bod
             // Boxed, as is the Files API below: their futures are several KiB, and unboxed they
             // would make every request's future (probes included) that large, to be moved by
             // hyper on each one.
-            Method::POST | Method::PUT => Box::pin(upload::post_chunk(app, req)).await,
+            Method::POST | Method::PUT => Box::pin(upload::post_chunk(app, peer.ip(), req)).await,
             _ => Err(Error::MethodNotAllowed {
                 allow: "GET, HEAD, POST, PUT, OPTIONS",
             }),

@@ -13,6 +13,7 @@
 //!    completes the upload if this was the last chunk missing, in the same transaction.
 //! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -242,10 +243,15 @@ pub async fn status(app: &Arc<App>, req: Request<RequestBody>) -> Result<Respons
     Ok(json_response(StatusCode::OK, &reply))
 }
 
-/// `POST {upload-path}` (or `PUT`): stores one chunk, multipart or raw.
-pub async fn post_chunk(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>> {
+/// `POST {upload-path}` (or `PUT`): stores one chunk, multipart or raw. `peer` is the client's
+/// address, whom an anonymous upload counts against.
+pub async fn post_chunk(
+    app: &Arc<App>,
+    peer: IpAddr,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>> {
     let scope = access::core_scope(app, req.headers(), None)?;
-    let owner = access::owner(&scope, req.extensions().get::<access::Peer>());
+    let owner = access::owner(&scope, peer);
     let (parts, body) = req.into_parts();
     let mut params = Params::from_query(parts.uri.query())?;
     let mut source = ChunkBody::open_checked(app, &parts.headers, body, &mut params).await?;
