@@ -26,7 +26,7 @@
 //!   abandoned uploads; [`verify`]: the offline check of a data directory.
 //! * [`config`] and [`app`]: flags, and the state they open.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod access;
 pub mod app;
