@@ -1,18 +1,19 @@
-//! Opening both layers with AES-NI, written out by hand: the one place chunkd uses `unsafe`.
+//! Both layers with AES-NI, written out by hand: the one place chunkd uses `unsafe`.
 //!
-//! Opening is most of a download's CPU (40% of the server's samples in a download run, perf).
-//! Through the `aes` crate's backends the compiler emitted each block's fourteen rounds one
-//! after another instead of a round over all eight blocks of a group (perf annotate), so the
-//! CPU had only a few blocks in flight: opening ran at 1.8-2.2 GB/s per core, where sealing
-//! ran at 2.1-2.5 and `openssl` decrypts one layer at 6.7. The same rounds written as
-//! intrinsics were reordered the same way, so the eight-block rounds are assembly
-//! ([`decrypt8`]); the chain's XORs stay in vector registers.
+//! Opening is most of a download's CPU (40% of the server's samples in a download run, perf),
+//! sealing a quarter of an upload's. Through the `aes` crate's backends the compiler emitted
+//! each block's fourteen rounds one after another instead of a round over all eight blocks of
+//! a group (perf annotate), so the CPU had only a few blocks in flight: in memory, opening ran
+//! at 1.8-2.2 GB/s per core and sealing at 2.1-2.6, where `openssl` decrypts one layer at 6.7.
+//! The same rounds written as intrinsics were reordered the same way, so the eight-block rounds
+//! are assembly ([`rounds8`]), and the chain's XORs stay in vector registers: 3.0-3.2 GB/s
+//! either way.
 //!
 //! `unsafe` is needed for two things: calling the `#[target_feature(enable = "aes")]`
-//! functions, which is sound because a [`DecKeys`] exists only once AES-NI has been detected
-//! on this CPU; and the assembly, which reads only the round keys. Blocks move between bytes
-//! and registers through `bytemuck`, without `unsafe`. Tests check the keys against the `aes`
-//! crate and the opening against the `cbc` crate and the portable path.
+//! functions, which is sound because a [`Keys`] exists only once AES-NI has been detected on
+//! this CPU; and the assembly, which reads only the round keys. Blocks move between bytes and
+//! registers through `bytemuck`, without `unsafe`. Tests check the keys against the `aes`
+//! crate, and sealing and opening against the `cbc` crate and the portable path.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
@@ -20,23 +21,87 @@ use std::arch::x86_64::{
     _mm_shuffle_epi32, _mm_slli_si128, _mm_xor_si128,
 };
 
-use super::BLOCK;
+use super::{BLOCK, LANES, SEGMENT};
 
 /// Blocks opened side by side: two AES units with four cycles of latency need eight.
 const GROUP: usize = 8;
 
-/// The decryption round keys of one AES-256 key (the equivalent inverse cipher's).
-#[derive(Clone, Copy)]
-pub(super) struct DecKeys([__m128i; 15]);
+/// Runs eight independent blocks through all fourteen rounds of one key schedule, a round at a
+/// time over all of them: `rounds8!(keys, blocks, "aesenc", "aesenclast")` encrypts, the
+/// `aesdec` pair with decryption keys decrypts. Use only where AES-NI is enabled.
+///
+/// In assembly, because the compiler reorders intrinsics: from the same rounds written as
+/// intrinsics it emitted each block's fourteen rounds one after another (perf annotate), so the
+/// CPU had only a few blocks in flight and opening ran no faster than through the `aes` crate.
+macro_rules! rounds8 {
+    ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {{
+        let keys: &[__m128i; 15] = &$keys;
+        let [mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6, mut b7] = $blocks;
+        // SAFETY: the assembly reads the 15 round keys behind `keys` (240 bytes) and writes
+        // only the registers it names; the caller runs with AES-NI enabled.
+        unsafe {
+            std::arch::asm!(
+                "movdqu {t}, xmmword ptr [{k}]",
+                "pxor {b0}, {t}",
+                "pxor {b1}, {t}",
+                "pxor {b2}, {t}",
+                "pxor {b3}, {t}",
+                "pxor {b4}, {t}",
+                "pxor {b5}, {t}",
+                "pxor {b6}, {t}",
+                "pxor {b7}, {t}",
+                ".irp off, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208",
+                "movdqu {t}, xmmword ptr [{k} + \\off]",
+                concat!($round, " {b0}, {t}"),
+                concat!($round, " {b1}, {t}"),
+                concat!($round, " {b2}, {t}"),
+                concat!($round, " {b3}, {t}"),
+                concat!($round, " {b4}, {t}"),
+                concat!($round, " {b5}, {t}"),
+                concat!($round, " {b6}, {t}"),
+                concat!($round, " {b7}, {t}"),
+                ".endr",
+                "movdqu {t}, xmmword ptr [{k} + 224]",
+                concat!($last, " {b0}, {t}"),
+                concat!($last, " {b1}, {t}"),
+                concat!($last, " {b2}, {t}"),
+                concat!($last, " {b3}, {t}"),
+                concat!($last, " {b4}, {t}"),
+                concat!($last, " {b5}, {t}"),
+                concat!($last, " {b6}, {t}"),
+                concat!($last, " {b7}, {t}"),
+                k = in(reg) keys.as_ptr(),
+                t = out(xmm_reg) _,
+                b0 = inout(xmm_reg) b0,
+                b1 = inout(xmm_reg) b1,
+                b2 = inout(xmm_reg) b2,
+                b3 = inout(xmm_reg) b3,
+                b4 = inout(xmm_reg) b4,
+                b5 = inout(xmm_reg) b5,
+                b6 = inout(xmm_reg) b6,
+                b7 = inout(xmm_reg) b7,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        [b0, b1, b2, b3, b4, b5, b6, b7]
+    }};
+}
 
-impl std::fmt::Debug for DecKeys {
+/// The round keys of one AES-256 key: the cipher's, and the equivalent inverse cipher's.
+#[derive(Clone, Copy)]
+pub(super) struct Keys {
+    enc: [__m128i; 15],
+    dec: [__m128i; 15],
+}
+
+impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DecKeys(..)")
+        f.write_str("Keys(..)")
     }
 }
 
-impl DecKeys {
-    /// The decryption keys of `key`, or `None` on a CPU without AES-NI.
+impl Keys {
+    /// The round keys of `key`, or `None` on a CPU without AES-NI.
     pub(super) fn new(key: &[u8; 32]) -> Option<Self> {
         if !std::arch::is_x86_feature_detected!("aes") {
             return None;
@@ -46,21 +111,65 @@ impl DecKeys {
     }
 }
 
+/// Seals `LANES` whole segments in place, both layers, each lane with its own IVs: the
+/// lockstep of `FileCipher::seal_segments`, block `r` of every lane through the inner layer,
+/// then through the outer one.
+pub(super) fn seal_lanes(
+    outer: &Keys,
+    inner: &Keys,
+    group: &mut [u8],
+    iv_in: [[u8; 16]; LANES],
+    iv_out: [[u8; 16]; LANES],
+) {
+    assert_eq!(group.len(), LANES * SEGMENT, "whole lanes only");
+    // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
+    unsafe { seal(outer, inner, group, iv_in, iv_out) }
+}
+
+#[target_feature(enable = "aes")]
+fn seal(
+    outer: &Keys,
+    inner: &Keys,
+    group: &mut [u8],
+    iv_in: [[u8; 16]; LANES],
+    iv_out: [[u8; 16]; LANES],
+) {
+    const ROWS: usize = SEGMENT / BLOCK;
+    let mut prev_in = iv_in.map(to_reg);
+    let mut prev_out = iv_out.map(to_reg);
+    for r in 0..ROWS {
+        let mut x = prev_in;
+        for (l, b) in x.iter_mut().enumerate() {
+            *b = _mm_xor_si128(load(group, l * ROWS + r), *b);
+        }
+        // Row `r + 1` of the inner layer needs only this row's inner blocks, so the CPU
+        // overlaps it with this row's outer layer.
+        prev_in = rounds8!(inner.enc, x, "aesenc", "aesenclast");
+        for ((b, i), o) in x.iter_mut().zip(prev_in).zip(prev_out) {
+            *b = _mm_xor_si128(i, o);
+        }
+        prev_out = rounds8!(outer.enc, x, "aesenc", "aesenclast");
+        for (l, b) in prev_out.iter().enumerate() {
+            store(group, l * ROWS + r, *b);
+        }
+    }
+}
+
 /// Opens one segment in place, both layers: `outer` and its IV first, then `inner`. The
 /// segment must be whole blocks.
 pub(super) fn open_segment(
-    outer: &DecKeys,
-    inner: &DecKeys,
+    outer: &Keys,
+    inner: &Keys,
     seg: &mut [u8],
     iv_out: [u8; 16],
     iv_in: [u8; 16],
 ) {
-    // SAFETY: a `DecKeys` exists only once AES-NI has been detected (`DecKeys::new`).
+    // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
     unsafe { open(outer, inner, seg, iv_out, iv_in) }
 }
 
 #[target_feature(enable = "aes")]
-fn open(outer: &DecKeys, inner: &DecKeys, seg: &mut [u8], iv_out: [u8; 16], iv_in: [u8; 16]) {
+fn open(outer: &Keys, inner: &Keys, seg: &mut [u8], iv_out: [u8; 16], iv_in: [u8; 16]) {
     let mut prev_out = to_reg(iv_out);
     let mut prev_in = to_reg(iv_in);
     let mut groups = seg.chunks_exact_mut(GROUP * BLOCK);
@@ -70,7 +179,7 @@ fn open(outer: &DecKeys, inner: &DecKeys, seg: &mut [u8], iv_out: [u8; 16], iv_i
             *s = load(group, j);
         }
         // The outer layer: all eight blocks through each round, then the chain.
-        let mut x = decrypt8(outer, sealed);
+        let mut x = rounds8!(outer.dec, sealed, "aesdec", "aesdeclast");
         x[0] = _mm_xor_si128(x[0], prev_out);
         for j in 1..GROUP {
             x[j] = _mm_xor_si128(x[j], sealed[j - 1]);
@@ -78,7 +187,7 @@ fn open(outer: &DecKeys, inner: &DecKeys, seg: &mut [u8], iv_out: [u8; 16], iv_i
         prev_out = sealed[GROUP - 1];
         // `x` is now the inner layer's ciphertext.
         let mid = x;
-        let mut x = decrypt8(inner, mid);
+        let mut x = rounds8!(inner.dec, mid, "aesdec", "aesdeclast");
         x[0] = _mm_xor_si128(x[0], prev_in);
         for j in 1..GROUP {
             x[j] = _mm_xor_si128(x[j], mid[j - 1]);
@@ -99,87 +208,20 @@ fn open(outer: &DecKeys, inner: &DecKeys, seg: &mut [u8], iv_out: [u8; 16], iv_i
     }
 }
 
-/// Decrypts eight independent blocks, a round at a time over all of them.
-///
-/// In assembly, because the compiler reorders intrinsics: from the same rounds written as
-/// intrinsics it emitted each block's fourteen rounds one after another (perf annotate), so the
-/// CPU had only a few blocks in flight and opening ran no faster than through the `aes` crate.
 #[inline]
 #[target_feature(enable = "aes")]
-fn decrypt8(k: &DecKeys, x: [__m128i; GROUP]) -> [__m128i; GROUP] {
-    let [
-        mut b0,
-        mut b1,
-        mut b2,
-        mut b3,
-        mut b4,
-        mut b5,
-        mut b6,
-        mut b7,
-    ] = x;
-    // SAFETY: the assembly reads the 15 round keys behind `k` (240 bytes) and writes only the
-    // registers it names; AES-NI is present (this function's target feature).
-    unsafe {
-        std::arch::asm!(
-            "movdqu {t}, xmmword ptr [{k}]",
-            "pxor {b0}, {t}",
-            "pxor {b1}, {t}",
-            "pxor {b2}, {t}",
-            "pxor {b3}, {t}",
-            "pxor {b4}, {t}",
-            "pxor {b5}, {t}",
-            "pxor {b6}, {t}",
-            "pxor {b7}, {t}",
-            ".irp off, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208",
-            "movdqu {t}, xmmword ptr [{k} + \\off]",
-            "aesdec {b0}, {t}",
-            "aesdec {b1}, {t}",
-            "aesdec {b2}, {t}",
-            "aesdec {b3}, {t}",
-            "aesdec {b4}, {t}",
-            "aesdec {b5}, {t}",
-            "aesdec {b6}, {t}",
-            "aesdec {b7}, {t}",
-            ".endr",
-            "movdqu {t}, xmmword ptr [{k} + 224]",
-            "aesdeclast {b0}, {t}",
-            "aesdeclast {b1}, {t}",
-            "aesdeclast {b2}, {t}",
-            "aesdeclast {b3}, {t}",
-            "aesdeclast {b4}, {t}",
-            "aesdeclast {b5}, {t}",
-            "aesdeclast {b6}, {t}",
-            "aesdeclast {b7}, {t}",
-            k = in(reg) k.0.as_ptr(),
-            t = out(xmm_reg) _,
-            b0 = inout(xmm_reg) b0,
-            b1 = inout(xmm_reg) b1,
-            b2 = inout(xmm_reg) b2,
-            b3 = inout(xmm_reg) b3,
-            b4 = inout(xmm_reg) b4,
-            b5 = inout(xmm_reg) b5,
-            b6 = inout(xmm_reg) b6,
-            b7 = inout(xmm_reg) b7,
-            options(pure, readonly, nostack, preserves_flags),
-        );
-    }
-    [b0, b1, b2, b3, b4, b5, b6, b7]
-}
-
-#[inline]
-#[target_feature(enable = "aes")]
-fn decrypt1(k: &DecKeys, mut b: __m128i) -> __m128i {
-    b = _mm_xor_si128(b, k.0[0]);
-    for key in &k.0[1..14] {
+fn decrypt1(k: &Keys, mut b: __m128i) -> __m128i {
+    b = _mm_xor_si128(b, k.dec[0]);
+    for key in &k.dec[1..14] {
         b = _mm_aesdec_si128(b, *key);
     }
-    _mm_aesdeclast_si128(b, k.0[14])
+    _mm_aesdeclast_si128(b, k.dec[14])
 }
 
 /// AES-256 key expansion (FIPS-197), then the decryption keys: the encryption keys in reverse,
 /// all but the first and last through InvMixColumns.
 #[target_feature(enable = "aes")]
-fn expand(key: &[u8; 32]) -> DecKeys {
+fn expand(key: &[u8; 32]) -> Keys {
     let mut enc = [to_reg(key[..16].try_into().unwrap()); 15];
     enc[1] = to_reg(key[16..].try_into().unwrap());
     // Each step makes two round keys from the two before them; `RCON` is the round constant.
@@ -207,7 +249,7 @@ fn expand(key: &[u8; 32]) -> DecKeys {
         dec[i] = _mm_aesimc_si128(enc[14 - i]);
     }
     dec[14] = enc[0];
-    DecKeys(dec)
+    Keys { enc, dec }
 }
 
 /// `w0, w0^w1, w0^w1^w2, w0^w1^w2^w3` of the four words of `a`: the running XOR of the key
@@ -244,7 +286,7 @@ mod tests {
     /// decryption, for keys and blocks from a fixed pseudo-random stream.
     #[test]
     fn round_keys_decrypt_as_the_aes_crate_does() {
-        let Some(_) = DecKeys::new(&[0; 32]) else {
+        let Some(_) = Keys::new(&[0; 32]) else {
             eprintln!("no AES-NI on this CPU: nothing to compare");
             return;
         };
@@ -257,12 +299,12 @@ mod tests {
         };
         for _ in 0..64 {
             let key: [u8; 32] = std::array::from_fn(|_| next());
-            let ours = DecKeys::new(&key).unwrap();
+            let ours = Keys::new(&key).unwrap();
             let theirs = Aes256::new_from_slice(&key).unwrap();
             let block: [u8; 16] = std::array::from_fn(|_| next());
             let mut want = Array::from(block);
             theirs.decrypt_block(&mut want);
-            // SAFETY: AES-NI is present (`DecKeys::new` returned keys).
+            // SAFETY: AES-NI is present (`Keys::new` returned keys).
             let got = unsafe { decrypt1(&ours, to_reg(block)) };
             assert_eq!(
                 bytemuck::cast::<__m128i, [u8; 16]>(got),
