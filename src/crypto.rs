@@ -24,6 +24,11 @@
 //! `s` differ between segments of a file, the nonce differs between two writes of a chunk, and
 //! `IVf` (random per file) separates files under the shared `Kg`. README.md shows the `openssl`
 //! commands that decrypt a segment from this description alone.
+//!
+//! On x86-64 with AES-NI, segments are sealed and opened by `ni`, a small assembly module and
+//! chunkd's only `unsafe` code, about 1.4-1.7 times as fast as the same lockstep through the
+//! `aes` crate's backends (BENCHMARKS.md, round 6); elsewhere they take the `aes` crate's path.
+//! Both give the same bytes, which the tests check.
 
 use std::fs;
 use std::io::{self, Write};
@@ -290,7 +295,7 @@ impl FileCipher {
     /// inside the `aes` crate's backend closures, so it is compiled with the AES instructions
     /// the crate detected at run time (AES-NI here), with no dispatch per block.
     ///
-    /// With AES-NI, every whole group of `LANES` segments is sealed by [`ni::seal_lanes`], in
+    /// With AES-NI, every whole group of `LANES` segments is sealed by `ni::seal_lanes`, in
     /// the same lockstep; the rest takes this path.
     pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
         assert!(
