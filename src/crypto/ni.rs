@@ -41,35 +41,21 @@ macro_rules! rounds8 {
         // only the registers it names; the caller runs with AES-NI enabled.
         unsafe {
             std::arch::asm!(
+                // `.irp` repeats its body for each value: once per block, once per round key.
                 "movdqu {t}, xmmword ptr [{k}]",
-                "pxor {b0}, {t}",
-                "pxor {b1}, {t}",
-                "pxor {b2}, {t}",
-                "pxor {b3}, {t}",
-                "pxor {b4}, {t}",
-                "pxor {b5}, {t}",
-                "pxor {b6}, {t}",
-                "pxor {b7}, {t}",
+                ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
+                "pxor \\b, {t}",
+                ".endr",
                 ".irp off, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208",
                 "movdqu {t}, xmmword ptr [{k} + \\off]",
-                concat!($round, " {b0}, {t}"),
-                concat!($round, " {b1}, {t}"),
-                concat!($round, " {b2}, {t}"),
-                concat!($round, " {b3}, {t}"),
-                concat!($round, " {b4}, {t}"),
-                concat!($round, " {b5}, {t}"),
-                concat!($round, " {b6}, {t}"),
-                concat!($round, " {b7}, {t}"),
+                ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
+                concat!($round, " \\b, {t}"),
+                ".endr",
                 ".endr",
                 "movdqu {t}, xmmword ptr [{k} + 224]",
-                concat!($last, " {b0}, {t}"),
-                concat!($last, " {b1}, {t}"),
-                concat!($last, " {b2}, {t}"),
-                concat!($last, " {b3}, {t}"),
-                concat!($last, " {b4}, {t}"),
-                concat!($last, " {b5}, {t}"),
-                concat!($last, " {b6}, {t}"),
-                concat!($last, " {b7}, {t}"),
+                ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
+                concat!($last, " \\b, {t}"),
+                ".endr",
                 k = in(reg) keys.as_ptr(),
                 t = out(xmm_reg) _,
                 b0 = inout(xmm_reg) b0,
@@ -92,12 +78,6 @@ macro_rules! rounds8 {
 pub(super) struct Keys {
     enc: [__m128i; 15],
     dec: [__m128i; 15],
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keys(..)")
-    }
 }
 
 impl Keys {
