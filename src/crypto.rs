@@ -304,18 +304,10 @@ impl FileCipher {
         );
         #[cfg(target_arch = "x86_64")]
         if let Some((outer, inner)) = &self.ni {
-            let mut groups = buf.chunks_exact_mut(SEGMENT * LANES);
-            let mut seg = first;
-            for group in &mut groups {
-                let mut iv_in = [[0; 16]; LANES];
-                let mut iv_out = [[0; 16]; LANES];
-                for l in 0..LANES {
-                    (iv_in[l], iv_out[l]) = self.segment_ivs(nonce, chunk, seg + l as u32);
-                }
-                ni::seal_lanes(outer, inner, group, iv_in, iv_out);
-                seg += LANES as u32;
-            }
-            self.seal_portable(nonce, chunk, seg, groups.into_remainder());
+            let ivs = |s: usize| self.segment_ivs(nonce, chunk, first + s as u32);
+            let sealed = ni::seal_groups(outer, inner, buf, ivs);
+            let rest = &mut buf[sealed * SEGMENT..];
+            self.seal_portable(nonce, chunk, first + sealed as u32, rest);
             return;
         }
         self.seal_portable(nonce, chunk, first, buf);
@@ -640,6 +632,7 @@ mod tests {
             3 * SEGMENT + 5,
             9 * SEGMENT + 100,
             16 * SEGMENT,
+            25 * SEGMENT + 48,
             33 * SEGMENT + 48,
         ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
@@ -688,7 +681,7 @@ mod tests {
             let plain: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
             let mut whole = plain.clone();
             fc.seal_segments(9, 4, 0, &mut whole);
-            for batch in [1, 3, 8, 9] {
+            for batch in [1, 3, 8, 9, 16, 17] {
                 let mut cut = plain.clone();
                 for (i, piece) in cut.chunks_mut(batch * SEGMENT).enumerate() {
                     fc.seal_segments(9, 4, (i * batch) as u32, piece);
@@ -696,7 +689,7 @@ mod tests {
                 assert_eq!(cut, whole, "len {len} batch {batch}");
             }
             // Downloads open a chunk in batches too, each from its first segment's number.
-            for batch in [1, 3, 8, 9] {
+            for batch in [1, 3, 8, 9, 16, 17] {
                 let mut cut = whole.clone();
                 for (i, piece) in cut.chunks_mut(batch * SEGMENT).enumerate() {
                     fc.open_segments(9, 4, (i * batch) as u32, piece);

@@ -17,55 +17,66 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m128i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesimc_si128, _mm_aeskeygenassist_si128,
-    _mm_shuffle_epi32, _mm_slli_si128, _mm_xor_si128,
+    __m128i, __m256i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesimc_si128,
+    _mm_aeskeygenassist_si128, _mm_shuffle_epi32, _mm_slli_si128, _mm_xor_si128,
+    _mm256_broadcastsi128_si256, _mm256_castsi256_si128, _mm256_extracti128_si256,
+    _mm256_permute2x128_si256, _mm256_set_m128i, _mm256_xor_si256,
 };
 
 use super::{BLOCK, LANES, SEGMENT};
 
 /// Blocks opened side by side: two AES units with four cycles of latency need eight.
 const GROUP: usize = 8;
+/// Blocks opened side by side with VAES, two to a register: sixteen keep the same two units
+/// busy with twice the blocks per instruction.
+const WIDE: usize = 16;
+/// Segments sealed in lockstep with VAES, two lanes to a register.
+const WIDE_LANES: usize = 16;
 
-/// Runs eight independent blocks through all fourteen rounds of one key schedule, a round at a
-/// time over all of them: `rounds8!(keys, blocks, "aesenc", "aesenclast")` encrypts, the
-/// `aesdec` pair with decryption keys decrypts. Use only where AES-NI is enabled.
+/// Runs eight registers of independent blocks through all fourteen rounds of one key
+/// schedule, a round at a time over all of them: [`rounds8`] on 128-bit registers with AES-NI,
+/// [`rounds16`] on 256-bit ones with VAES. `$key` is the register type, `$reg` its register
+/// class and `$width` its size in bytes; `$mov` and `$xor` are the load and XOR instructions,
+/// and `$operands` the operands of the XOR and of every round, where `\b` is the block's
+/// register and `{t}` the round key's.
 ///
 /// In assembly, because the compiler reorders intrinsics: from the same rounds written as
 /// intrinsics it emitted each block's fourteen rounds one after another (perf annotate), so the
 /// CPU had only a few blocks in flight and opening ran no faster than through the `aes` crate.
-macro_rules! rounds8 {
-    ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {{
-        let keys: &[__m128i; 15] = &$keys;
+macro_rules! rounds {
+    ($keys:expr, $blocks:expr, $key:ty, $reg:ident, $width:literal, $mov:literal, $xor:literal,
+     $round:literal, $last:literal, $operands:literal) => {{
+        let keys: &[$key; 15] = &$keys;
         let [mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6, mut b7] = $blocks;
-        // SAFETY: the assembly reads the 15 round keys behind `keys` (240 bytes) and writes
-        // only the registers it names; the caller runs with AES-NI enabled.
+        // SAFETY: the assembly reads the 15 round keys behind `keys` and writes only the
+        // registers it names; the caller runs with the instructions' CPU features enabled.
         unsafe {
             std::arch::asm!(
                 // `.irp` repeats its body for each value: once per block, once per round key.
-                "movdqu {t}, xmmword ptr [{k}]",
+                concat!($mov, " {t}, [{k}]"),
                 ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
-                "pxor \\b, {t}",
+                concat!($xor, " ", $operands),
                 ".endr",
-                ".irp off, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208",
-                "movdqu {t}, xmmword ptr [{k} + \\off]",
+                ".irp i, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13",
+                concat!($mov, " {t}, [{k} + \\i * ", $width, "]"),
                 ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
-                concat!($round, " \\b, {t}"),
+                concat!($round, " ", $operands),
                 ".endr",
                 ".endr",
-                "movdqu {t}, xmmword ptr [{k} + 224]",
+                concat!($mov, " {t}, [{k} + 14 * ", $width, "]"),
                 ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
-                concat!($last, " \\b, {t}"),
+                concat!($last, " ", $operands),
                 ".endr",
                 k = in(reg) keys.as_ptr(),
-                t = out(xmm_reg) _,
-                b0 = inout(xmm_reg) b0,
-                b1 = inout(xmm_reg) b1,
-                b2 = inout(xmm_reg) b2,
-                b3 = inout(xmm_reg) b3,
-                b4 = inout(xmm_reg) b4,
-                b5 = inout(xmm_reg) b5,
-                b6 = inout(xmm_reg) b6,
-                b7 = inout(xmm_reg) b7,
+                t = out($reg) _,
+                b0 = inout($reg) b0,
+                b1 = inout($reg) b1,
+                b2 = inout($reg) b2,
+                b3 = inout($reg) b3,
+                b4 = inout($reg) b4,
+                b5 = inout($reg) b5,
+                b6 = inout($reg) b6,
+                b7 = inout($reg) b7,
                 options(pure, readonly, nostack, preserves_flags),
             );
         }
@@ -73,11 +84,46 @@ macro_rules! rounds8 {
     }};
 }
 
+/// Eight blocks through [`rounds`] with AES-NI: `rounds8!(keys, blocks, "aesenc",
+/// "aesenclast")` encrypts, the `aesdec` pair with decryption keys decrypts. Use only where
+/// AES-NI is enabled.
+macro_rules! rounds8 {
+    ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
+        rounds!(
+            $keys, $blocks, __m128i, xmm_reg, "16", "movdqu", "pxor", $round, $last, "\\b, {t}"
+        )
+    };
+}
+
+/// Sixteen blocks, two to a 256-bit register, through [`rounds`] with VAES (each round key in
+/// both halves of its register, [`widen`]): `rounds16!(keys, blocks, "vaesenc",
+/// "vaesenclast")` encrypts. Use only where VAES and AVX2 are enabled. On this machine's CPU
+/// an AES instruction on a 256-bit register costs what one on a 128-bit register does, so this
+/// does twice the blocks in the same time (BENCHMARKS.md, round 7).
+macro_rules! rounds16 {
+    ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
+        rounds!(
+            $keys,
+            $blocks,
+            __m256i,
+            ymm_reg,
+            "32",
+            "vmovdqu",
+            "vpxor",
+            $round,
+            $last,
+            "\\b, \\b, {t}"
+        )
+    };
+}
+
 /// The round keys of one AES-256 key: the cipher's, and the equivalent inverse cipher's.
 #[derive(Clone, Copy)]
 pub(super) struct Keys {
     enc: [__m128i; 15],
     dec: [__m128i; 15],
+    /// VAES and AVX2 were detected: sixteen blocks at a time ([`rounds16`]).
+    wide: bool,
 }
 
 impl Keys {
@@ -87,23 +133,106 @@ impl Keys {
             return None;
         }
         // SAFETY: AES-NI is present, checked just above.
-        Some(unsafe { expand(key) })
+        let mut keys = unsafe { expand(key) };
+        keys.wide = std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("avx2");
+        Some(keys)
+    }
+
+    /// These keys without the VAES paths, as on a CPU with AES-NI alone: for the tests that
+    /// compare the two.
+    #[cfg(test)]
+    pub(super) fn narrow(mut self) -> Self {
+        self.wide = false;
+        self
     }
 }
 
-/// Seals `LANES` whole segments in place, both layers, each lane with its own IVs: the
-/// lockstep of `FileCipher::seal_segments`, block `r` of every lane through the inner layer,
-/// then through the outer one.
-pub(super) fn seal_lanes(
+/// Seals, in place, the leading whole groups of segments of `buf`, both layers, in the
+/// lockstep of `FileCipher::seal_segments`: block `r` of every lane of a group through the inner
+/// layer, then through the outer one. A group is [`WIDE_LANES`] segments with VAES, then
+/// `LANES`. `ivs(s)` gives segment `s`'s inner and outer IVs. Returns how many segments it
+/// sealed; the caller seals the rest.
+pub(super) fn seal_groups(
+    outer: &Keys,
+    inner: &Keys,
+    buf: &mut [u8],
+    mut ivs: impl FnMut(usize) -> ([u8; 16], [u8; 16]),
+) -> usize {
+    let mut done = 0;
+    let mut lane_ivs = |first: usize, iv_in: &mut [[u8; 16]], iv_out: &mut [[u8; 16]]| {
+        for (l, (i, o)) in iv_in.iter_mut().zip(iv_out.iter_mut()).enumerate() {
+            (*i, *o) = ivs(first + l);
+        }
+    };
+    if outer.wide {
+        for group in buf.chunks_exact_mut(WIDE_LANES * SEGMENT) {
+            let (mut iv_in, mut iv_out) = ([[0; 16]; WIDE_LANES], [[0; 16]; WIDE_LANES]);
+            lane_ivs(done, &mut iv_in, &mut iv_out);
+            // SAFETY: `wide` is set only once VAES and AVX2 have been detected (`Keys::new`).
+            unsafe { seal_wide(outer, inner, group, iv_in, iv_out) };
+            done += WIDE_LANES;
+        }
+    }
+    for group in buf[done * SEGMENT..].chunks_exact_mut(LANES * SEGMENT) {
+        let (mut iv_in, mut iv_out) = ([[0; 16]; LANES], [[0; 16]; LANES]);
+        lane_ivs(done, &mut iv_in, &mut iv_out);
+        // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
+        unsafe { seal(outer, inner, group, iv_in, iv_out) };
+        done += LANES;
+    }
+    done
+}
+
+/// [`seal`] with VAES: sixteen lanes, lanes `2m` and `2m + 1` in the two halves of register
+/// `m`.
+///
+/// The lanes are whole segments, 16 KiB apart, so the same block of every lane falls in the
+/// same set of the L1 cache, which holds eight lines per set: reading and writing a row in
+/// place, the sixteen lanes evicted each other's lines on every row, and the stores alone took
+/// about half of the samples (perf annotate), with sealing no faster than [`seal`]. Rows are
+/// therefore copied four at a time, one cache line per lane, into `tile` on the stack and back.
+#[target_feature(enable = "aes,avx2,vaes")]
+fn seal_wide(
     outer: &Keys,
     inner: &Keys,
     group: &mut [u8],
-    iv_in: [[u8; 16]; LANES],
-    iv_out: [[u8; 16]; LANES],
+    iv_in: [[u8; 16]; WIDE_LANES],
+    iv_out: [[u8; 16]; WIDE_LANES],
 ) {
-    assert_eq!(group.len(), LANES * SEGMENT, "whole lanes only");
-    // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
-    unsafe { seal(outer, inner, group, iv_in, iv_out) }
+    /// Rows per cache line.
+    const TILE: usize = 16;
+    let (inner_enc, outer_enc) = (widen(&inner.enc), widen(&outer.enc));
+    let pair = |ivs: &[[u8; 16]; WIDE_LANES], m: usize| {
+        _mm256_set_m128i(to_reg(ivs[2 * m + 1]), to_reg(ivs[2 * m]))
+    };
+    let mut prev_in: [__m256i; 8] = std::array::from_fn(|m| pair(&iv_in, m));
+    let mut prev_out: [__m256i; 8] = std::array::from_fn(|m| pair(&iv_out, m));
+    let mut tile = [[0u8; TILE * BLOCK]; WIDE_LANES];
+    for at in (0..SEGMENT).step_by(TILE * BLOCK) {
+        for (l, t) in tile.iter_mut().enumerate() {
+            t.copy_from_slice(&group[l * SEGMENT + at..][..TILE * BLOCK]);
+        }
+        for r in 0..TILE {
+            let mut x = prev_in;
+            for (m, b) in x.iter_mut().enumerate() {
+                let row = _mm256_set_m128i(load(&tile[2 * m + 1], r), load(&tile[2 * m], r));
+                *b = _mm256_xor_si256(row, *b);
+            }
+            prev_in = rounds16!(inner_enc, x, "vaesenc", "vaesenclast");
+            for ((b, i), o) in x.iter_mut().zip(prev_in).zip(prev_out) {
+                *b = _mm256_xor_si256(i, o);
+            }
+            prev_out = rounds16!(outer_enc, x, "vaesenc", "vaesenclast");
+            for (m, b) in prev_out.iter().enumerate() {
+                store(&mut tile[2 * m], r, _mm256_castsi256_si128(*b));
+                store(&mut tile[2 * m + 1], r, _mm256_extracti128_si256::<1>(*b));
+            }
+        }
+        for (l, t) in tile.iter().enumerate() {
+            group[l * SEGMENT + at..][..TILE * BLOCK].copy_from_slice(t);
+        }
+    }
 }
 
 #[target_feature(enable = "aes")]
@@ -144,8 +273,55 @@ pub(super) fn open_segment(
     iv_out: [u8; 16],
     iv_in: [u8; 16],
 ) {
-    // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
-    unsafe { open(outer, inner, seg, iv_out, iv_in) }
+    if outer.wide {
+        // SAFETY: `wide` is set only once VAES and AVX2 have been detected (`Keys::new`).
+        unsafe { open_wide(outer, inner, seg, iv_out, iv_in) }
+    } else {
+        // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
+        unsafe { open(outer, inner, seg, iv_out, iv_in) }
+    }
+}
+
+/// [`open`] with VAES: sixteen blocks at a time, blocks `2j` and `2j + 1` in the two halves
+/// of register `j`; the rest of the segment (fewer than sixteen blocks) takes [`open`].
+#[target_feature(enable = "aes,avx2,vaes")]
+fn open_wide(outer: &Keys, inner: &Keys, seg: &mut [u8], iv_out: [u8; 16], iv_in: [u8; 16]) {
+    let (outer_dec, inner_dec) = (widen(&outer.dec), widen(&inner.dec));
+    let mut prev_out = to_reg(iv_out);
+    let mut prev_in = to_reg(iv_in);
+    // Each block's chain value is the block before it: for register `j`, the high half of
+    // register `j - 1` and the low half of register `j`, or `prev` for the first.
+    let chained = |x: &mut [__m256i; 8], before: &[__m256i; 8], prev: __m128i| {
+        x[0] = _mm256_xor_si256(
+            x[0],
+            _mm256_set_m128i(_mm256_castsi256_si128(before[0]), prev),
+        );
+        for j in 1..8 {
+            x[j] = _mm256_xor_si256(
+                x[j],
+                _mm256_permute2x128_si256::<0x21>(before[j - 1], before[j]),
+            );
+        }
+        _mm256_extracti128_si256::<1>(before[7])
+    };
+    let mut groups = seg.chunks_exact_mut(WIDE * BLOCK);
+    for group in &mut groups {
+        let sealed: [__m256i; 8] = std::array::from_fn(|j| load2(group, j));
+        let mut mid = rounds16!(outer_dec, sealed, "vaesdec", "vaesdeclast");
+        prev_out = chained(&mut mid, &sealed, prev_out);
+        let mut plain = rounds16!(inner_dec, mid, "vaesdec", "vaesdeclast");
+        prev_in = chained(&mut plain, &mid, prev_in);
+        for (j, p) in plain.iter().enumerate() {
+            store2(group, j, *p);
+        }
+    }
+    open(
+        outer,
+        inner,
+        groups.into_remainder(),
+        from_reg(prev_out),
+        from_reg(prev_in),
+    );
 }
 
 #[target_feature(enable = "aes")]
@@ -229,7 +405,11 @@ fn expand(key: &[u8; 32]) -> Keys {
         dec[i] = _mm_aesimc_si128(enc[14 - i]);
     }
     dec[14] = enc[0];
-    Keys { enc, dec }
+    Keys {
+        enc,
+        dec,
+        wide: false,
+    }
 }
 
 /// `w0, w0^w1, w0^w1^w2, w0^w1^w2^w3` of the four words of `a`: the running XOR of the key
@@ -239,6 +419,33 @@ fn expand(key: &[u8; 32]) -> Keys {
 fn spread(a: __m128i) -> __m128i {
     let a = _mm_xor_si128(a, _mm_slli_si128::<4>(a));
     _mm_xor_si128(a, _mm_slli_si128::<8>(a))
+}
+
+/// Each round key in both halves of a 256-bit register, for [`rounds16`].
+#[inline]
+#[target_feature(enable = "avx2,vaes")]
+fn widen(keys: &[__m128i; 15]) -> [__m256i; 15] {
+    let mut wide = [_mm256_broadcastsi128_si256(keys[0]); 15];
+    for (w, k) in wide.iter_mut().zip(keys) {
+        *w = _mm256_broadcastsi128_si256(*k);
+    }
+    wide
+}
+
+#[inline(always)]
+fn from_reg(b: __m128i) -> [u8; 16] {
+    bytemuck::cast(b)
+}
+
+/// Blocks `2j` and `2j + 1` of `buf`.
+#[inline(always)]
+fn load2(buf: &[u8], j: usize) -> __m256i {
+    bytemuck::cast::<[u8; 32], __m256i>(buf[j * 2 * BLOCK..][..2 * BLOCK].try_into().unwrap())
+}
+
+#[inline(always)]
+fn store2(buf: &mut [u8], j: usize, b: __m256i) {
+    buf[j * 2 * BLOCK..][..2 * BLOCK].copy_from_slice(&bytemuck::cast::<__m256i, [u8; 32]>(b));
 }
 
 #[inline(always)]
@@ -253,7 +460,7 @@ fn load(buf: &[u8], j: usize) -> __m128i {
 
 #[inline(always)]
 fn store(buf: &mut [u8], j: usize, b: __m128i) {
-    buf[j * BLOCK..][..BLOCK].copy_from_slice(&bytemuck::cast::<__m128i, [u8; 16]>(b));
+    buf[j * BLOCK..][..BLOCK].copy_from_slice(&from_reg(b));
 }
 
 #[cfg(test)]
@@ -290,6 +497,35 @@ mod tests {
                 bytemuck::cast::<__m128i, [u8; 16]>(got),
                 <[u8; 16]>::from(want)
             );
+        }
+    }
+    /// The VAES paths give the bytes of the AES-NI ones, sealing whole groups (sixteen lanes,
+    /// then eight) and opening groups of sixteen blocks with any rest.
+    #[test]
+    fn vaes_paths_equal_the_aes_ni_ones() {
+        let (Some(outer), Some(inner)) = (Keys::new(&[3; 32]), Keys::new(&[5; 32])) else {
+            eprintln!("no AES-NI on this CPU: nothing to compare");
+            return;
+        };
+        if !outer.wide {
+            eprintln!("no VAES on this CPU: nothing to compare");
+        }
+        let (outer_n, inner_n) = (outer.narrow(), inner.narrow());
+        let ivs = |s: usize| ([s as u8; 16], [!(s as u8); 16]);
+        for segments in [8, 16, 24, 40] {
+            let plain: Vec<u8> = (0..segments * SEGMENT).map(|i| (i * 7 + 3) as u8).collect();
+            let (mut wide, mut narrow) = (plain.clone(), plain.clone());
+            assert_eq!(seal_groups(&outer, &inner, &mut wide, ivs), segments);
+            assert_eq!(seal_groups(&outer_n, &inner_n, &mut narrow, ivs), segments);
+            assert_eq!(wide, narrow, "{segments} segments sealed");
+            assert_ne!(wide, plain);
+        }
+        for blocks in [1, 15, 16, 17, 31, 32, 40, SEGMENT / BLOCK] {
+            let sealed: Vec<u8> = (0..blocks * BLOCK).map(|i| (i * 31 + 1) as u8).collect();
+            let (mut wide, mut narrow) = (sealed.clone(), sealed.clone());
+            open_segment(&outer, &inner, &mut wide, [9; 16], [4; 16]);
+            open_segment(&outer_n, &inner_n, &mut narrow, [9; 16], [4; 16]);
+            assert_eq!(wide, narrow, "{blocks} blocks opened");
         }
     }
 }
