@@ -27,8 +27,9 @@
 //!
 //! On x86-64 with AES-NI, segments are sealed and opened by `ni`, a small assembly module and
 //! chunkd's only `unsafe` code, about 1.4-1.7 times as fast as the same lockstep through the
-//! `aes` crate's backends (BENCHMARKS.md, round 6); elsewhere they take the `aes` crate's path.
-//! Both give the same bytes, which the tests check.
+//! `aes` crate's backends (BENCHMARKS.md, round 6), and faster again on 256-bit registers where
+//! the CPU has VAES (round 7); elsewhere they take the `aes` crate's path. Every path gives the
+//! same bytes, which the tests check.
 
 use std::fs;
 use std::io::{self, Write};
@@ -295,8 +296,8 @@ impl FileCipher {
     /// inside the `aes` crate's backend closures, so it is compiled with the AES instructions
     /// the crate detected at run time (AES-NI here), with no dispatch per block.
     ///
-    /// With AES-NI, every whole group of `LANES` segments is sealed by `ni::seal_lanes`, in
-    /// the same lockstep; the rest takes this path.
+    /// With AES-NI, every whole group of segments (sixteen with VAES, then `LANES`) is sealed
+    /// by `ni::seal_groups`, in the same lockstep; the rest takes this path.
     pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
         assert!(
             buf.len().is_multiple_of(BLOCK),

@@ -11,8 +11,8 @@
 //! * [`upload`]: **the chunk flow** (probe, chunk POST, status). Start reading here.
 //!   * [`protocol`]: every dialect's parameters into one [`protocol::ChunkParams`].
 //!   * [`geometry`]: the cutting rule, as pure functions.
-//!   * [`crypto`]: the two-layer cipher and the on-disk format (in AES-NI assembly where the
-//!     CPU has it: chunkd's only `unsafe`).
+//!   * [`crypto`]: the two-layer cipher and the on-disk format (in AES-NI or VAES assembly
+//!     where the CPU has it: chunkd's only `unsafe`).
 //!   * [`store`]: the SQLite [`store::Index`] (the truth; it mirrors active uploads in memory,
 //!     so their probes and chunks skip SQLite) and the [`store::Spool`] of data files.
 //! * [`download`]: streaming decryption with Range and conditional requests.

@@ -1,4 +1,5 @@
-//! Both layers with AES-NI, written out by hand: the one place chunkd uses `unsafe`.
+//! Both layers with AES-NI, and with VAES where the CPU has it, written out by hand: the one
+//! place chunkd uses `unsafe`.
 //!
 //! Opening is most of a download's CPU (40% of the server's samples in a download run, perf),
 //! sealing a quarter of an upload's. Through the `aes` crate's backends the compiler emitted
@@ -9,9 +10,15 @@
 //! are assembly ([`rounds8`]), and the chain's XORs stay in vector registers: 3.0-3.2 GB/s
 //! either way.
 //!
-//! `unsafe` is needed for two things: calling the `#[target_feature(enable = "aes")]`
-//! functions, which is sound because a [`Keys`] exists only once AES-NI has been detected on
-//! this CPU; and the assembly, which reads only the round keys. Blocks move between bytes and
+//! Those eight blocks keep both AES units busy, so the rest comes from VAES, which runs the
+//! same rounds on two blocks per 256-bit register at no extra cost on this CPU (a loop of
+//! rounds alone: 7.0 GB/s on eight 128-bit registers, 14.3 on eight 256-bit ones, one layer).
+//! Where VAES and AVX2 are detected, [`rounds16`] takes sixteen blocks: in memory, opening
+//! went from 3.2 to 5.9 GB/s and sealing from 3.1 to 4.3 (BENCHMARKS.md, round 7).
+//!
+//! `unsafe` is needed for two things: calling the `#[target_feature]` functions, which is sound
+//! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says whether
+//! VAES and AVX2 have been too; and the assembly, which reads only the round keys. Blocks move between bytes and
 //! registers through `bytemuck`, without `unsafe`. Tests check the keys against the `aes`
 //! crate, and sealing and opening against the `cbc` crate and the portable path.
 #![allow(unsafe_code)]
