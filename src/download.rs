@@ -7,6 +7,7 @@
 //! a failed check (or read) ends the stream with an error, which aborts the connection. So a
 //! client never receives a corrupt file, or a corrupt range, that looks complete.
 
+use std::hash::Hasher as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, Response, StatusCode, header};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_64;
 
 use crate::access;
 use crate::app::App;
@@ -407,7 +408,7 @@ pub fn read_chunk(
         .map_err(|e| corrupt(e.to_string()))?;
     f.seek(SeekFrom::Start(start))
         .map_err(|e| corrupt(e.to_string()))?;
-    let mut hasher = Xxh3::new();
+    let mut hasher = XxHash3_64::new();
     let mut held: Option<Bytes> = None;
     let mut pos = 0u64;
     while pos < sealed {
@@ -438,7 +439,7 @@ pub fn read_chunk(
             data,
         );
         let plain_end = (pos + n as u64).min(c.len);
-        hasher.update(&data[..(plain_end - pos) as usize]);
+        hasher.write(&data[..(plain_end - pos) as usize]);
         if pos + n as u64 == sealed {
             check_padding(data, c.len - pos).map_err(|_| corrupt("bad padding".into()))?;
         }
@@ -460,7 +461,7 @@ pub fn read_chunk(
     if c.pos.is_none() && f.read(&mut extra).map_err(|e| corrupt(e.to_string()))? != 0 {
         return Err(corrupt("longer than recorded".into()));
     }
-    if hasher.digest() != c.hash {
+    if hasher.finish() != c.hash {
         return Err(corrupt("fails its hash".into()));
     }
     Ok(held.is_none_or(send))
@@ -511,6 +512,29 @@ mod tests {
         out
     }
 
+    /// The chunk hash is xxh3-64, as the index of every earlier version stored it: twox-hash's
+    /// (AVX2 where the CPU has it, detected at run time) against xxhash-rust's, which computed
+    /// it before, for lengths through each of xxh3's code paths, fed whole and in pieces.
+    #[test]
+    fn chunk_hash_is_the_xxh3_the_index_stored_before() {
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [
+            0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1024, 1025, 65_536, 262_160, 300_000,
+        ] {
+            let want = xxhash_rust::xxh3::xxh3_64(&data[..len]);
+            assert_eq!(XxHash3_64::oneshot(&data[..len]), want, "{len} bytes");
+            for piece in [1, 63, 64, 1000, 16_384] {
+                let mut h = XxHash3_64::new();
+                for p in data[..len].chunks(piece) {
+                    h.write(p);
+                }
+                assert_eq!(h.finish(), want, "{len} bytes in pieces of {piece}");
+            }
+        }
+    }
+
     #[test]
     fn chunks_are_read_in_batches_that_start_on_a_cache_line() {
         use std::os::unix::fs::FileExt;
@@ -533,7 +557,7 @@ mod tests {
             number: 1,
             len,
             nonce: 7,
-            hash: xxhash_rust::xxh3::xxh3_64(&plain),
+            hash: XxHash3_64::oneshot(&plain),
             pos: Some(region.pos),
         };
         // Whole, every piece is a whole batch, and starts on a cache line.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
-use xxhash_rust::xxh3::xxh3_64;
+use twox_hash::XxHash3_64;
 
 use crate::app::App;
 use crate::crypto::{self, FileCipher};
@@ -165,7 +165,7 @@ fn make(app: &App, upload_id: &str) -> Result<()> {
         height: thumb.height,
         len: thumb.png.len() as u64,
         nonce,
-        hash: xxh3_64(&thumb.png),
+        hash: XxHash3_64::oneshot(&thumb.png),
     };
     if app.index.set_thumbs(upload_id, THUMBS_DONE, Some(&row))? {
         app.usage.add(sealed.len() as u64);
@@ -200,7 +200,7 @@ pub fn open_thumb(
     cipher.open_segments(row.nonce, thumb_tag(row.idx), 0, &mut buf);
     download::check_padding(&buf, row.len).map_err(|_| corrupt("bad padding"))?;
     buf.truncate(row.len as usize);
-    if xxh3_64(&buf) != row.hash {
+    if XxHash3_64::oneshot(&buf) != row.hash {
         return Err(corrupt("fails its hash"));
     }
     Ok(buf)

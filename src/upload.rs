@@ -13,6 +13,7 @@
 //!    completes the upload if this was the last chunk missing, in the same transaction.
 //! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
 
+use std::hash::Hasher as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode, header};
 use serde::Serialize;
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_64;
 
 use crate::access;
 use crate::app::App;
@@ -563,7 +564,7 @@ impl Written {
                 number: sealing.number,
                 len,
                 nonce: sealing.nonce,
-                hash: sealing.hasher.digest(),
+                hash: sealing.hasher.finish(),
                 pos: Some(placed.start),
             },
             guard: placed.guard,
@@ -901,7 +902,7 @@ impl ChunkBody {
 
     /// Reads the whole chunk without storing it: its length (at most `max`) and hash.
     async fn drain_hashed(&mut self, max: u64, number: u64) -> Result<(u64, u64)> {
-        let mut h = Xxh3::new();
+        let mut h = XxHash3_64::new();
         let mut len = 0u64;
         while let Some(b) = self.next().await? {
             len += b.len() as u64;
@@ -910,10 +911,10 @@ impl ChunkBody {
                     "chunk {number} holds more bytes than its geometry allows ({max})"
                 )));
             }
-            h.update(&b);
+            h.write(&b);
         }
         self.finish().await?;
-        Ok((len, h.digest()))
+        Ok((len, h.finish()))
     }
 }
 
@@ -943,7 +944,7 @@ struct Sealing {
     nonce: u64,
     number: u64,
     next_segment: u32,
-    hasher: Xxh3,
+    hasher: XxHash3_64,
 }
 
 /// A chunk's region, and where in it the next batch goes.
@@ -972,7 +973,7 @@ impl Sealing {
                 })
             }
         };
-        self.hasher.update(buf);
+        self.hasher.write(buf);
         if last {
             crypto::pad(buf);
         }
@@ -1059,7 +1060,7 @@ impl ChunkWriter {
             nonce: crypto::random_u64(),
             number,
             next_segment: 0,
-            hasher: Xxh3::new(),
+            hasher: XxHash3_64::new(),
         };
         ChunkWriter {
             idle: Some(sealing),
