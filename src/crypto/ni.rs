@@ -14,13 +14,15 @@
 //! same rounds on two blocks per 256-bit register at no extra cost on this CPU (a loop of
 //! rounds alone: 7.0 GB/s on eight 128-bit registers, 14.3 on eight 256-bit ones, one layer).
 //! Where VAES and AVX2 are detected, [`rounds16`] takes sixteen blocks: in memory, opening
-//! went from 3.2 to 5.9 GB/s and sealing from 3.1 to 4.3 (BENCHMARKS.md, round 7).
+//! went from 3.2-3.3 to 5.7-5.9 GB/s and sealing from 3.1-3.2 to 4.1-4.3 (BENCHMARKS.md,
+//! round 7).
 //!
 //! `unsafe` is needed for two things: calling the `#[target_feature]` functions, which is sound
 //! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says whether
-//! VAES and AVX2 have been too; and the assembly, which reads only the round keys. Blocks move between bytes and
-//! registers through `bytemuck`, without `unsafe`. Tests check the keys against the `aes`
-//! crate, and sealing and opening against the `cbc` crate and the portable path.
+//! VAES and AVX2 have been too; and the assembly, which reads only the round keys. Blocks move
+//! between bytes and registers through `bytemuck`, without `unsafe`. Tests check the keys
+//! against the `aes` crate, the two register widths against each other, and sealing and opening
+//! against the `cbc` crate and the portable path.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
@@ -198,7 +200,8 @@ pub(super) fn seal_groups(
 /// same set of the L1 cache, which holds eight lines per set: reading and writing a row in
 /// place, the sixteen lanes evicted each other's lines on every row, and the stores alone took
 /// about half of the samples (perf annotate), with sealing no faster than [`seal`]. Rows are
-/// therefore copied four at a time, one cache line per lane, into `tile` on the stack and back.
+/// therefore copied sixteen at a time, 256 bytes of each lane, into `tile` on the stack and
+/// back.
 #[target_feature(enable = "aes,avx2,vaes")]
 fn seal_wide(
     outer: &Keys,
@@ -207,7 +210,9 @@ fn seal_wide(
     iv_in: [[u8; 16]; WIDE_LANES],
     iv_out: [[u8; 16]; WIDE_LANES],
 ) {
-    /// Rows per cache line.
+    /// Rows per tile: 256 bytes of each lane, 4 KiB in all. Four rows (a cache line per lane)
+    /// sealed at 3.5-3.8 GB/s, sixteen at 4.25-4.34, sixty-four no faster (BENCHMARKS.md,
+    /// round 7).
     const TILE: usize = 16;
     let (inner_enc, outer_enc) = (widen(&inner.enc), widen(&outer.enc));
     let pair = |ivs: &[[u8; 16]; WIDE_LANES], m: usize| {
@@ -242,6 +247,7 @@ fn seal_wide(
     }
 }
 
+/// Seals `LANES` whole segments in place with AES-NI, each lane with its own IVs.
 #[target_feature(enable = "aes")]
 fn seal(
     outer: &Keys,
