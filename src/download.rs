@@ -418,8 +418,8 @@ pub fn read_chunk(
         // when the socket has sent it, or here when it is not sent.
         let mut lent = Lent(upload::take_buffer());
         let buf = &mut lent.0;
-        // The batch starts on a cache line: see `upload::READ_ALIGN`.
-        let skip = buf.as_ptr().align_offset(upload::READ_ALIGN);
+        // The batch starts on a cache line: see `upload::BATCH_ALIGN`.
+        let skip = upload::batch_start(buf);
         buf.resize(skip, 0);
         // `read_to_end` through `Take` grows its reads from 8 KiB, doubling: six `read`s per
         // 256 KiB batch. One `read` into a zeroed batch measured costlier (the zeroing), so the
@@ -565,7 +565,7 @@ mod tests {
         assert_eq!(whole.len(), 3);
         for p in &whole {
             assert_eq!(
-                p.as_ptr() as usize % upload::READ_ALIGN,
+                p.as_ptr() as usize % upload::BATCH_ALIGN,
                 0,
                 "a batch off its line"
             );

@@ -973,15 +973,17 @@ impl Sealing {
                 })
             }
         };
-        self.hasher.write(buf);
+        let skip = batch_start(buf);
+        self.hasher.write(&buf[skip..]);
         if last {
             crypto::pad(buf);
         }
+        let batch = &mut buf[skip..];
         self.cipher
-            .seal_segments(self.nonce, self.number as u32, self.next_segment, buf);
-        self.next_segment += (buf.len() / SEGMENT) as u32;
-        placed.file.write_all_at(buf, placed.next)?;
-        placed.next += buf.len() as u64;
+            .seal_segments(self.nonce, self.number as u32, self.next_segment, batch);
+        self.next_segment += (batch.len() / SEGMENT) as u32;
+        placed.file.write_all_at(batch, placed.next)?;
+        placed.next += batch.len() as u64;
         if last && placed.next < placed.end {
             // A chunk shorter than its largest size: the rest of its region was allocated
             // with it, and is given back.
@@ -1003,18 +1005,38 @@ static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 /// three downloads, each with up to six batches between its disk reads and its socket.
 const POOL_MAX: usize = 32;
 
-/// Where a download's batch starts in its buffer: on a cache line. Large buffers come from
-/// `mmap` with the allocator's 16-byte header before them, so their bytes start 16 bytes into a
-/// page. On this machine's AMD CPU the kernel's copy (`rep movsb`) from a page-aligned page-cache
-/// page to a destination 8 or 16 bytes further into its page runs at a fifth of its speed: `read`
-/// of 256 KiB from a cached file measured 2.4 GB/s into such a buffer, 12 GB/s at offsets 0, 32,
-/// 64 or 2048 (BENCHMARKS.md, round 5). Uploads copy the other way (`pwrite` from the buffer),
-/// which is slow when the file's offset in its page is just past the buffer's: not for a buffer
-/// 16 bytes into its page written to a page-aligned region.
-pub(crate) const READ_ALIGN: usize = 64;
+/// Where a batch starts in its buffer, uploads' and downloads' alike: on a cache line. On this
+/// machine's AMD CPU the kernel's copy (`rep movsb`) between a page-aligned page-cache page and
+/// a buffer runs at a fraction of its speed when the two are 8 or 16 bytes out of step, and
+/// batches are read and written at page-aligned file offsets (regions are aligned).
+/// * Downloads: large buffers from `mmap` start 16 bytes into a page (the allocator's header).
+///   `read` of 256 KiB from a cached file measured 2.4 GB/s into such a buffer, 12 GB/s at
+///   offsets 0, 32, 64 or 2048 (BENCHMARKS.md, round 5).
+/// * Uploads: a buffer from the heap may start anywhere. `pwrite` of 256 KiB to a page-aligned
+///   offset measured 1.7 GB/s from a source 16 bytes before a page boundary, 7.2-8.1 GB/s from
+///   sources 0, 16, 32, 48, 64, 2048, 4032 or 4064 bytes into a page; one upload run whose
+///   buffers landed badly spent half its CPU in that copy (BENCHMARKS.md, round 7).
+pub(crate) const BATCH_ALIGN: usize = 64;
 
-/// The size of the pool's buffers: one batch, its padding block and a download's alignment.
-const BUFFER: usize = BATCH + crypto::BLOCK + READ_ALIGN;
+/// The size of the pool's buffers: one batch, its padding block and its alignment.
+const BUFFER: usize = BATCH + crypto::BLOCK + BATCH_ALIGN;
+
+/// Where the batch in `buf` starts (see [`BATCH_ALIGN`]): the bytes before it are not part of
+/// it. Always a whole number of blocks, so that padding the buffer pads the batch: with an
+/// allocator that returned an address off a 16-byte boundary, the batch would start off its
+/// cache line (and copy slower), never with the wrong padding.
+pub(crate) fn batch_start(buf: &[u8]) -> usize {
+    let skip = buf.as_ptr().align_offset(BATCH_ALIGN);
+    skip - skip % crypto::BLOCK
+}
+
+/// `buf`, emptied, with its batch starting on a cache line.
+fn empty_batch(mut buf: Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    let skip = batch_start(&buf);
+    buf.resize(skip, 0);
+    buf
+}
 
 /// An empty buffer of [`BUFFER`] bytes' room.
 pub(crate) fn take_buffer() -> Vec<u8> {
@@ -1065,17 +1087,19 @@ impl ChunkWriter {
         ChunkWriter {
             idle: Some(sealing),
             pending: None,
-            buf: take_buffer(),
+            buf: empty_batch(take_buffer()),
             spare: None,
         }
     }
 
     async fn push(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
-            if self.buf.len() == BATCH {
+            let mut end = batch_start(&self.buf) + BATCH;
+            if self.buf.len() == end {
                 self.flush().await?;
+                end = batch_start(&self.buf) + BATCH;
             }
-            let take = (BATCH - self.buf.len()).min(data.len());
+            let take = (end - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data.advance(take);
         }
@@ -1095,13 +1119,7 @@ impl ChunkWriter {
 
     async fn flush(&mut self) -> Result<()> {
         let mut sealing = self.settle().await?;
-        let next = match self.spare.take() {
-            Some(mut v) => {
-                v.clear();
-                v
-            }
-            None => take_buffer(),
-        };
+        let next = empty_batch(self.spare.take().unwrap_or_else(take_buffer));
         let mut buf = std::mem::replace(&mut self.buf, next);
         self.pending = Some(tokio::task::spawn_blocking(move || {
             sealing.write(&mut buf, false)?;
@@ -1123,6 +1141,39 @@ impl Drop for ChunkWriter {
         give_buffer(std::mem::take(&mut self.buf));
         if let Some(spare) = self.spare.take() {
             give_buffer(spare);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every batch starts on a cache line and has room for a whole batch and its padding, for
+    /// buffers at any address the allocator may give: the start of an `mmap`, or anywhere in
+    /// its heap (vectors of other sizes allocated in between shift the next one).
+    #[test]
+    fn batches_start_on_a_cache_line_with_room_for_a_batch() {
+        let mut keep = Vec::new();
+        for i in 0..64 {
+            keep.push(vec![0u8; 16 * (i + 1)]);
+            let buf = empty_batch(Vec::with_capacity(BUFFER));
+            let skip = batch_start(&buf);
+            assert_eq!(
+                buf.len(),
+                skip,
+                "the bytes before the batch are all it holds"
+            );
+            assert_eq!(skip % crypto::BLOCK, 0, "padding the buffer pads the batch");
+            assert_eq!((buf.as_ptr() as usize + skip) % BATCH_ALIGN, 0);
+            assert!(buf.capacity() >= skip + BATCH + crypto::BLOCK);
+            // Filling and padding a batch does not move it.
+            let mut buf = buf;
+            let before = buf.as_ptr();
+            buf.resize(skip + BATCH, 7);
+            crypto::pad(&mut buf);
+            assert_eq!(buf.as_ptr(), before);
+            assert_eq!(batch_start(&buf), skip);
         }
     }
 }
