@@ -420,7 +420,6 @@ pub fn read_chunk(
         let buf = &mut lent.0;
         // The batch starts on a cache line: see `upload::BATCH_ALIGN`.
         let skip = upload::batch_start(buf);
-        buf.resize(skip, 0);
         // `read_to_end` through `Take` grows its reads from 8 KiB, doubling: six `read`s per
         // 256 KiB batch. One `read` into a zeroed batch measured costlier (the zeroing), so the
         // batch stays uninitialized until the kernel fills it (BENCHMARKS.md, round 5).

@@ -1030,7 +1030,7 @@ pub(crate) fn batch_start(buf: &[u8]) -> usize {
     skip - skip % crypto::BLOCK
 }
 
-/// `buf`, emptied, with its batch starting on a cache line.
+/// `buf`, emptied, with its batch starting on a cache line: the batch is `buf[batch_start..]`.
 fn empty_batch(mut buf: Vec<u8>) -> Vec<u8> {
     buf.clear();
     let skip = batch_start(&buf);
@@ -1038,10 +1038,11 @@ fn empty_batch(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
-/// An empty buffer of [`BUFFER`] bytes' room.
+/// An empty batch in a buffer of [`BUFFER`] bytes' room, from the pool if it has one: it starts
+/// at [`batch_start`], on a cache line.
 pub(crate) fn take_buffer() -> Vec<u8> {
     let reused = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    reused.unwrap_or_else(|| Vec::with_capacity(BUFFER))
+    empty_batch(reused.unwrap_or_else(|| Vec::with_capacity(BUFFER)))
 }
 
 /// Gives `buf` back to the pool, if it is one of its size and the pool has room.
@@ -1087,17 +1088,17 @@ impl ChunkWriter {
         ChunkWriter {
             idle: Some(sealing),
             pending: None,
-            buf: empty_batch(take_buffer()),
+            buf: take_buffer(),
             spare: None,
         }
     }
 
     async fn push(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
-            let mut end = batch_start(&self.buf) + BATCH;
+            let end = batch_start(&self.buf) + BATCH;
             if self.buf.len() == end {
                 self.flush().await?;
-                end = batch_start(&self.buf) + BATCH;
+                continue;
             }
             let take = (end - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
@@ -1119,7 +1120,7 @@ impl ChunkWriter {
 
     async fn flush(&mut self) -> Result<()> {
         let mut sealing = self.settle().await?;
-        let next = empty_batch(self.spare.take().unwrap_or_else(take_buffer));
+        let next = self.spare.take().map_or_else(take_buffer, empty_batch);
         let mut buf = std::mem::replace(&mut self.buf, next);
         self.pending = Some(tokio::task::spawn_blocking(move || {
             sealing.write(&mut buf, false)?;
@@ -1149,31 +1150,48 @@ impl Drop for ChunkWriter {
 mod tests {
     use super::*;
 
-    /// Every batch starts on a cache line and has room for a whole batch and its padding, for
-    /// buffers at any address the allocator may give: the start of an `mmap`, or anywhere in
-    /// its heap (vectors of other sizes allocated in between shift the next one).
+    /// Every batch starts on a cache line and has room for a whole batch and its padding,
+    /// whatever address its buffer has: slices at each offset of one buffer stand for the
+    /// addresses an allocator may return (an `mmap` 16 bytes into a page, a heap chunk anywhere
+    /// on 16 bytes). Off a 16-byte boundary the batch cannot be aligned, but still starts on a
+    /// whole block, so padding the buffer pads the batch.
     #[test]
     fn batches_start_on_a_cache_line_with_room_for_a_batch() {
-        let mut keep = Vec::new();
-        for i in 0..64 {
-            keep.push(vec![0u8; 16 * (i + 1)]);
-            let buf = empty_batch(Vec::with_capacity(BUFFER));
-            let skip = batch_start(&buf);
-            assert_eq!(
-                buf.len(),
-                skip,
-                "the bytes before the batch are all it holds"
-            );
+        let big = vec![0u8; 4096];
+        let base = big.as_ptr().align_offset(BATCH_ALIGN);
+        for off in 0..BATCH_ALIGN {
+            let at = &big[base + off..];
+            let skip = batch_start(at);
             assert_eq!(skip % crypto::BLOCK, 0, "padding the buffer pads the batch");
-            assert_eq!((buf.as_ptr() as usize + skip) % BATCH_ALIGN, 0);
-            assert!(buf.capacity() >= skip + BATCH + crypto::BLOCK);
-            // Filling and padding a batch does not move it.
-            let mut buf = buf;
-            let before = buf.as_ptr();
-            buf.resize(skip + BATCH, 7);
-            crypto::pad(&mut buf);
-            assert_eq!(buf.as_ptr(), before);
-            assert_eq!(batch_start(&buf), skip);
+            assert!(skip + BATCH + crypto::BLOCK <= BUFFER, "room for a batch");
+            if off % crypto::BLOCK == 0 {
+                assert_eq!(
+                    (at.as_ptr() as usize + skip) % BATCH_ALIGN,
+                    0,
+                    "offset {off}"
+                );
+            }
         }
+        // A buffer from the pool holds only the bytes before its batch, and filling and padding
+        // the batch does not move it.
+        let mut buf = take_buffer();
+        let skip = batch_start(&buf);
+        assert_eq!(
+            buf.len(),
+            skip,
+            "the bytes before the batch are all it holds"
+        );
+        assert_eq!((buf.as_ptr() as usize + skip) % BATCH_ALIGN, 0);
+        let before = buf.as_ptr();
+        buf.resize(skip + BATCH, 7);
+        crypto::pad(&mut buf);
+        assert_eq!(buf.as_ptr(), before);
+        assert_eq!(batch_start(&buf), skip);
+        assert_eq!(
+            buf.len() - skip,
+            BATCH + crypto::BLOCK,
+            "a whole padding block"
+        );
+        give_buffer(buf);
     }
 }

@@ -36,11 +36,10 @@ use super::{BLOCK, LANES, SEGMENT};
 
 /// Blocks opened side by side: two AES units with four cycles of latency need eight.
 const GROUP: usize = 8;
-/// Blocks opened side by side with VAES, two to a register: sixteen keep the same two units
-/// busy with twice the blocks per instruction.
+/// Blocks through [`rounds16`] at once, two to a register: sixteen blocks of a segment when
+/// opening, block `r` of sixteen segments when sealing. Sixteen keep the two AES units as busy
+/// as eight did on 128-bit registers, with twice the blocks per instruction.
 const WIDE: usize = 16;
-/// Segments sealed in lockstep with VAES, two lanes to a register.
-const WIDE_LANES: usize = 16;
 
 /// Runs eight registers of independent blocks through all fourteen rounds of one key
 /// schedule, a round at a time over all of them: [`rounds8`] on 128-bit registers with AES-NI,
@@ -159,7 +158,7 @@ impl Keys {
 
 /// Seals, in place, the leading whole groups of segments of `buf`, both layers, in the
 /// lockstep of `FileCipher::seal_segments`: block `r` of every lane of a group through the inner
-/// layer, then through the outer one. A group is [`WIDE_LANES`] segments with VAES, then
+/// layer, then through the outer one. A group is [`WIDE`] segments with VAES, then
 /// `LANES`. `ivs(s)` gives segment `s`'s inner and outer IVs. Returns how many segments it
 /// sealed; the caller seals the rest.
 pub(super) fn seal_groups(
@@ -175,12 +174,12 @@ pub(super) fn seal_groups(
         }
     };
     if outer.wide {
-        for group in buf.chunks_exact_mut(WIDE_LANES * SEGMENT) {
-            let (mut iv_in, mut iv_out) = ([[0; 16]; WIDE_LANES], [[0; 16]; WIDE_LANES]);
+        for group in buf.chunks_exact_mut(WIDE * SEGMENT) {
+            let (mut iv_in, mut iv_out) = ([[0; 16]; WIDE], [[0; 16]; WIDE]);
             lane_ivs(done, &mut iv_in, &mut iv_out);
             // SAFETY: `wide` is set only once VAES and AVX2 have been detected (`Keys::new`).
             unsafe { seal_wide(outer, inner, group, iv_in, iv_out) };
-            done += WIDE_LANES;
+            done += WIDE;
         }
     }
     for group in buf[done * SEGMENT..].chunks_exact_mut(LANES * SEGMENT) {
@@ -207,20 +206,20 @@ fn seal_wide(
     outer: &Keys,
     inner: &Keys,
     group: &mut [u8],
-    iv_in: [[u8; 16]; WIDE_LANES],
-    iv_out: [[u8; 16]; WIDE_LANES],
+    iv_in: [[u8; 16]; WIDE],
+    iv_out: [[u8; 16]; WIDE],
 ) {
     /// Rows per tile: 256 bytes of each lane, 4 KiB in all. Four rows (a cache line per lane)
     /// sealed at 3.5-3.8 GB/s, sixteen at 4.25-4.34, sixty-four no faster (BENCHMARKS.md,
     /// round 7).
     const TILE: usize = 16;
     let (inner_enc, outer_enc) = (widen(&inner.enc), widen(&outer.enc));
-    let pair = |ivs: &[[u8; 16]; WIDE_LANES], m: usize| {
+    let pair = |ivs: &[[u8; 16]; WIDE], m: usize| {
         _mm256_set_m128i(to_reg(ivs[2 * m + 1]), to_reg(ivs[2 * m]))
     };
     let mut prev_in: [__m256i; 8] = std::array::from_fn(|m| pair(&iv_in, m));
     let mut prev_out: [__m256i; 8] = std::array::from_fn(|m| pair(&iv_out, m));
-    let mut tile = [[0u8; TILE * BLOCK]; WIDE_LANES];
+    let mut tile = [[0u8; TILE * BLOCK]; WIDE];
     for at in (0..SEGMENT).step_by(TILE * BLOCK) {
         for (l, t) in tile.iter_mut().enumerate() {
             t.copy_from_slice(&group[l * SEGMENT + at..][..TILE * BLOCK]);
@@ -438,11 +437,7 @@ fn spread(a: __m128i) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx2,vaes")]
 fn widen(keys: &[__m128i; 15]) -> [__m256i; 15] {
-    let mut wide = [_mm256_broadcastsi128_si256(keys[0]); 15];
-    for (w, k) in wide.iter_mut().zip(keys) {
-        *w = _mm256_broadcastsi128_si256(*k);
-    }
-    wide
+    keys.map(|k| _mm256_broadcastsi128_si256(k))
 }
 
 #[inline(always)]
@@ -522,6 +517,7 @@ mod tests {
         };
         if !outer.wide {
             eprintln!("no VAES on this CPU: nothing to compare");
+            return;
         }
         let (outer_n, inner_n) = (outer.narrow(), inner.narrow());
         let ivs = |s: usize| ([s as u8; 16], [!(s as u8); 16]);
