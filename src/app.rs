@@ -27,6 +27,8 @@ pub struct App {
     pub metrics: Metrics,
     /// The spool's committed size and the quota.
     pub usage: SpoolUsage,
+    /// Whether chunk writes may run on the runtime's threads (the disk keeps up).
+    pub write_gate: crate::upload::WriteGate,
     /// Held while the server runs: see [`lock_data_dir`].
     _lock: std::fs::File,
 }
@@ -92,6 +94,7 @@ impl App {
             previews: Previews::new(),
             metrics,
             usage,
+            write_gate: crate::upload::WriteGate::new(),
             _lock: lock,
         }))
     }

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub uploads_completed: Counter,
     pub uploads_expired: Counter,
     pub orphans_removed: Counter,
+    pub writes_held_back: Counter,
     responses: Family<StatusLabel, Counter>,
     in_flight: Gauge,
     spool_bytes: Gauge,
@@ -46,6 +47,7 @@ impl Metrics {
             uploads_completed: Counter::default(),
             uploads_expired: Counter::default(),
             orphans_removed: Counter::default(),
+            writes_held_back: Counter::default(),
             responses: Family::default(),
             in_flight: Gauge::default(),
             spool_bytes: Gauge::default(),
@@ -85,6 +87,12 @@ impl Metrics {
             "Spool directories without an index row, and chunk rows without their bytes, \
              removed at start",
             m.orphans_removed.clone(),
+        );
+        r.register(
+            "writes_held_back",
+            "Times a slow chunk write (the disk behind the page cache) sent chunk writes to \
+             blocking threads for a while",
+            m.writes_held_back.clone(),
         );
         r.register(
             "responses",

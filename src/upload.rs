@@ -16,6 +16,8 @@
 use std::hash::Hasher as _;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
@@ -34,9 +36,9 @@ use crate::protocol::{ChunkParams, Params};
 use crate::store::{ChunkRow, Commit, Region, Removed, UploadRow, release_region};
 
 /// Plaintext bytes sealed and written at a time: a whole number of segments, small enough that
-/// memory per request stays flat (two batches), large enough that the hand-off of each batch to
-/// a blocking thread (two wake-ups, which profiles showed costing more than the hashing) is
-/// paid rarely: 256 KiB, four per 1 MiB chunk.
+/// memory per request stays flat (two batches), large enough that the hand-off of a batch to
+/// a blocking thread (two wake-ups, which profiles showed costing more than the hashing), where
+/// [`WriteGate`] asks for one, is paid rarely: 256 KiB, four per 1 MiB chunk.
 pub(crate) const BATCH: usize = 16 * SEGMENT;
 /// Largest text field accepted in a multipart body.
 const MAX_FIELD: usize = 64 * 1024;
@@ -419,7 +421,7 @@ pub async fn store_chunk(
         });
     }
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     // Held until the commit has counted the bytes in, or the chunk failed.
     let _reserved = app.usage.reserve(crypto::sealed_len(max))?;
     let cipher = Arc::new(app.file_cipher(&row.wrapped_keys)?);
@@ -957,8 +959,20 @@ struct Placed {
 }
 
 impl Sealing {
+    /// Whether the next batch may be written on the runtime's thread: while [`WriteGate`] is
+    /// open, once the data file exists (reserving a region in it allocates, and creates or syncs
+    /// nothing).
+    fn inline_ok(&self) -> bool {
+        (self.region.is_some() || self.app.spool.has_regions(&self.upload_id))
+            && self.app.write_gate.is_open()
+    }
+
+    /// Seals `buf`'s batch (padded if `last`) and writes it after the previous one, reserving
+    /// the region first if it is the chunk's first. The time it takes is reported to the
+    /// [`WriteGate`].
     fn write(&mut self, buf: &mut Vec<u8>, last: bool) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        let started = Instant::now();
         let placed = match &mut self.region {
             Some(placed) => placed,
             None => {
@@ -983,6 +997,16 @@ impl Sealing {
             .seal_segments(self.nonce, self.number as u32, self.next_segment, batch);
         self.next_segment += (batch.len() / SEGMENT) as u32;
         placed.file.write_all_at(batch, placed.next)?;
+        let took = started.elapsed();
+        if self.app.write_gate.record(took, Instant::now()) {
+            self.app.metrics.writes_held_back.inc();
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                "a chunk write was held back by the kernel (the disk is behind): chunk writes \
+                 go to blocking threads for the next {} s",
+                HOLD_BACK.as_secs()
+            );
+        }
         placed.next += batch.len() as u64;
         if last && placed.next < placed.end {
             // A chunk shorter than its largest size: the rest of its region was allocated
@@ -1057,8 +1081,73 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
     }
 }
 
-/// Streams plaintext into a chunk's region through the cipher: one batch is sealed and written on
-/// a blocking thread while the next one is read from the socket.
+/// Whether a chunk's batches may be sealed and written on the runtime's own thread, rather than
+/// handed to a blocking thread.
+///
+/// The hand-off cost about a fifth of an upload's server CPU: two wake-ups per batch, and the
+/// batch's cache lines moving to another core and back (BENCHMARKS.md, round 8). Sealing and
+/// writing a batch to the page cache takes a fraction of a millisecond. But the kernel holds
+/// writers back, up to 200 ms a time, when dirty pages outrun the disk, and a runtime thread held
+/// there stalls every connection it serves. So a write that takes longer than [`SLOW_WRITE`],
+/// on any thread, closes the gate for [`HOLD_BACK`]: meanwhile every batch goes to a blocking
+/// thread, as all did before, and the slow writes there keep it closed. So does the first batch
+/// of an upload's first chunk, which creates its data file, and every chunk's last, which
+/// commits with it.
+pub struct WriteGate {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` until which the gate is closed.
+    closed_until: AtomicU64,
+}
+
+/// A page-cache write of one batch taking longer than this was held back by the kernel. Normal
+/// writes take a fraction of a millisecond; a runtime thread waiting for the CPU on a busy
+/// machine (which the wall clock counts too) waits a few.
+pub const SLOW_WRITE: Duration = Duration::from_millis(10);
+/// How long one slow write keeps the gate closed.
+pub const HOLD_BACK: Duration = Duration::from_secs(10);
+
+impl WriteGate {
+    pub fn new() -> Self {
+        WriteGate {
+            epoch: Instant::now(),
+            closed_until: AtomicU64::new(0),
+        }
+    }
+
+    fn at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Whether batches may be written on the runtime's thread now.
+    pub fn is_open(&self) -> bool {
+        self.is_open_at(Instant::now())
+    }
+
+    fn is_open_at(&self, now: Instant) -> bool {
+        self.at(now) >= self.closed_until.load(Ordering::Relaxed)
+    }
+
+    /// Records a batch's write that took `took`, up to `now`: a slow one closes the gate.
+    /// Returns whether it closed an open gate, so that each closing is reported once.
+    fn record(&self, took: Duration, now: Instant) -> bool {
+        if took < SLOW_WRITE {
+            return false;
+        }
+        let was_open = self.is_open_at(now);
+        self.closed_until
+            .fetch_max(self.at(now + HOLD_BACK), Ordering::Relaxed);
+        was_open
+    }
+}
+
+impl Default for WriteGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Streams plaintext into a chunk's region through the cipher, one batch at a time: sealed and
+/// written where [`WriteGate`] says, never holding more than two batches.
 pub struct ChunkWriter {
     idle: Option<Sealing>,
     pending: Option<Pending>,
@@ -1118,10 +1207,18 @@ impl ChunkWriter {
         }
     }
 
+    /// Seals and writes the full batch: here, on the runtime's thread, where
+    /// [`Sealing::inline_ok`]; otherwise on a blocking thread, while the next batch is read.
     async fn flush(&mut self) -> Result<()> {
         let mut sealing = self.settle().await?;
         let next = self.spare.take().map_or_else(take_buffer, empty_batch);
         let mut buf = std::mem::replace(&mut self.buf, next);
+        if sealing.inline_ok() {
+            sealing.write(&mut buf, false)?;
+            self.idle = Some(sealing);
+            self.spare = Some(buf);
+            return Ok(());
+        }
         self.pending = Some(tokio::task::spawn_blocking(move || {
             sealing.write(&mut buf, false)?;
             Ok((sealing, buf))
@@ -1149,6 +1246,103 @@ impl Drop for ChunkWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_write_closes_the_gate_for_a_while() {
+        let gate = WriteGate::new();
+        let t = Instant::now();
+        assert!(gate.is_open_at(t));
+        assert!(!gate.record(SLOW_WRITE - Duration::from_micros(1), t));
+        assert!(gate.is_open_at(t), "a write under the limit leaves it open");
+        assert!(gate.record(SLOW_WRITE, t), "the first slow write closes it");
+        assert!(!gate.is_open_at(t));
+        assert!(!gate.is_open_at(t + HOLD_BACK - Duration::from_millis(1)));
+        assert!(gate.is_open_at(t + HOLD_BACK));
+        // A slow write while it is closed keeps it closed longer, and is not reported again.
+        let later = t + HOLD_BACK / 2;
+        assert!(!gate.record(5 * SLOW_WRITE, later));
+        assert!(!gate.is_open_at(t + HOLD_BACK));
+        assert!(gate.is_open_at(later + HOLD_BACK));
+        // A write recorded before a later one closed the gate does not shorten the wait.
+        assert!(!gate.record(SLOW_WRITE, t));
+        assert!(!gate.is_open_at(t + HOLD_BACK));
+    }
+
+    /// Chunks of several batches, pushed in pieces that do not line up with them, read back
+    /// whole with the gate open (batches written on the runtime's thread, but for the one that
+    /// creates the data file) and closed (on blocking threads).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_store_the_same_bytes_on_either_side_of_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::open(crate::Config::for_data_dir(dir.path())).unwrap();
+        let cipher = Arc::new(
+            app.file_cipher(&app.key.wrap(&FileKeys::generate()))
+                .unwrap(),
+        );
+        let len = 3 * BATCH + 1000;
+        let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        for closed in [false, true] {
+            if closed {
+                app.write_gate.record(SLOW_WRITE, Instant::now());
+            }
+            let id = new_id();
+            for number in [1, 2] {
+                let room = crypto::sealed_len(len as u64);
+                let mut writer = ChunkWriter::new(&app, &id, room, Arc::clone(&cipher), number);
+                // Where a batch went: a blocking thread leaves it pending. That is the first
+                // batch of the first chunk, else only where the gate was closed (by this test,
+                // or by a write the kernel held back, which the metric counts).
+                let on_blocking = |w: &ChunkWriter| w.pending.is_some();
+                let held = || closed || app.metrics.writes_held_back.get() > 0;
+                writer
+                    .push(Bytes::copy_from_slice(&plain[..BATCH + 1]))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    on_blocking(&writer),
+                    number == 1 || held(),
+                    "first, {closed}"
+                );
+                for piece in plain[BATCH + 1..].chunks(100_000) {
+                    writer.push(Bytes::copy_from_slice(piece)).await.unwrap();
+                }
+                assert_eq!(
+                    on_blocking(&writer),
+                    held(),
+                    "third batch, closed: {closed}"
+                );
+                let (sealing, rest) = writer.finish().await.unwrap();
+                let written = Written {
+                    sealing,
+                    rest,
+                    len: len as u64,
+                };
+                let sealed = tokio::task::spawn_blocking(move || written.seal_rest())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(sealed.row.hash, XxHash3_64::oneshot(&plain));
+                let mut got = Vec::new();
+                let sent = crate::download::read_chunk(
+                    &app.spool,
+                    &cipher,
+                    &id,
+                    &sealed.row,
+                    0,
+                    len as u64,
+                    &mut |p: Bytes| {
+                        got.extend_from_slice(&p);
+                        true
+                    },
+                );
+                assert!(sent.unwrap());
+                assert!(
+                    got == plain,
+                    "chunk {number}, closed: {closed}: bytes differ"
+                );
+            }
+        }
+    }
 
     /// Every batch starts on a cache line and has room for a whole batch and its padding,
     /// whatever address its buffer has: slices at each offset of one buffer stand for the

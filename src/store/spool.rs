@@ -193,6 +193,13 @@ impl Spool {
         }
     }
 
+    /// Whether this process has reserved regions of the upload's data file: it then exists, and
+    /// reserving another opens it and allocates blocks, without creating anything or syncing a
+    /// directory.
+    pub fn has_regions(&self, upload_id: &str) -> bool {
+        self.ends.contains_key(upload_id)
+    }
+
     /// A fresh region of `len` bytes of an upload's data file, for one write of one chunk.
     pub fn reserve(&self, upload_id: &str, len: u64) -> io::Result<Region> {
         let file = self.open_data(upload_id)?;
