@@ -6,7 +6,8 @@
 //! 4. Stream the body through the cipher into a fresh region of the upload's data file
 //!    ([`ChunkWriter`]; the first batch written reserves the region with
 //!    [`Spool::reserve`](crate::store::Spool::reserve)), never holding more than two batches of
-//!    it, and stop at the first byte too many.
+//!    it, and stop at the first byte too many. Batches are sealed and written on the runtime's
+//!    thread while the disk keeps up, on blocking threads otherwise ([`WriteGate`]).
 //! 5. In one blocking task: seal and write the last batch ([`Written::seal_rest`]), make the
 //!    region durable, then commit its row:
 //!    [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the geometry and
