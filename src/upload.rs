@@ -1091,18 +1091,19 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
 /// writers back, up to 200 ms a time, when dirty pages outrun the disk, and a runtime thread held
 /// there stalls every connection it serves. So a write that takes longer than [`SLOW_WRITE`],
 /// on any thread, closes the gate for [`HOLD_BACK`]: meanwhile every batch goes to a blocking
-/// thread, as all did before, and the slow writes there keep it closed. So does the first batch
-/// of an upload's first chunk, which creates its data file, and every chunk's last, which
-/// commits with it.
+/// thread, as all did before, and the slow writes there keep it closed. Whatever the gate, the
+/// first batch of an upload's first chunk (it creates the data file) and every chunk's last (it
+/// commits with the chunk) are written on a blocking thread.
 pub struct WriteGate {
     epoch: Instant,
     /// Nanoseconds after `epoch` until which the gate is closed.
     closed_until: AtomicU64,
 }
 
-/// A page-cache write of one batch taking longer than this was held back by the kernel. Normal
-/// writes take a fraction of a millisecond; a runtime thread waiting for the CPU on a busy
-/// machine (which the wall clock counts too) waits a few.
+/// Sealing and writing one batch (with its region's reservation, for a chunk's first) taking
+/// longer than this was held back by the kernel. It normally takes a fraction of a millisecond;
+/// a runtime thread waiting for the CPU on a busy machine, which the wall clock counts too,
+/// waits a few.
 pub const SLOW_WRITE: Duration = Duration::from_millis(10);
 /// How long one slow write keeps the gate closed.
 pub const HOLD_BACK: Duration = Duration::from_secs(10);
