@@ -32,6 +32,7 @@ use crate::body::{Body, RequestBody, json_response, status_only};
 use crate::crypto::{self, FileCipher, FileKeys, SEGMENT};
 use crate::error::{Error, Result};
 use crate::geometry::Expect;
+use crate::metrics::Metrics;
 use crate::previews;
 use crate::protocol::{ChunkParams, Params};
 use crate::store::{ChunkRow, Commit, Region, Removed, UploadRow, release_region};
@@ -998,16 +999,7 @@ impl Sealing {
             .seal_segments(self.nonce, self.number as u32, self.next_segment, batch);
         self.next_segment += (batch.len() / SEGMENT) as u32;
         placed.file.write_all_at(batch, placed.next)?;
-        let took = started.elapsed();
-        if self.app.write_gate.record(took, Instant::now()) {
-            self.app.metrics.writes_held_back.inc();
-            tracing::warn!(
-                ms = took.as_millis() as u64,
-                "a chunk write was held back by the kernel (the disk is behind): chunk writes \
-                 go to blocking threads for the next {} s",
-                HOLD_BACK.as_secs()
-            );
-        }
+        self.app.write_gate.written(started, &self.app.metrics);
         placed.next += batch.len() as u64;
         if last && placed.next < placed.end {
             // A chunk shorter than its largest size: the rest of its region was allocated
@@ -1085,11 +1077,13 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
 /// Whether a chunk's batches may be sealed and written on the runtime's own thread, rather than
 /// handed to a blocking thread.
 ///
-/// The hand-off cost about a fifth of an upload's server CPU: two wake-ups per batch, and the
-/// batch's cache lines moving to another core and back (BENCHMARKS.md, round 8). Sealing and
-/// writing a batch to the page cache takes a fraction of a millisecond. But the kernel holds
-/// writers back, up to 200 ms a time, when dirty pages outrun the disk, and a runtime thread held
-/// there stalls every connection it serves. So a write that takes longer than [`SLOW_WRITE`],
+/// The hand-off cost 18% of a fast upload's server CPU (1.52, 1.52, 1.36 against 1.24, 1.24,
+/// 1.24 CPU-s/GiB in alternating sets, BENCHMARKS.md, round 8): two wake-ups per batch, and
+/// probably the batch's cache lines moving to another core and back (the split was not
+/// measured). Sealing and writing a batch to the page cache should take about 0.1 ms, by the
+/// in-memory rates of round 7. But the kernel's dirty-page throttling pauses a writer for up to
+/// 200 ms at a time (its `MAX_PAUSE`; not measured here) when dirty pages outrun the disk, and a
+/// runtime thread held there stalls every connection it serves. So a write that takes longer than [`SLOW_WRITE`],
 /// on any thread, closes the gate for [`HOLD_BACK`]: meanwhile every batch goes to a blocking
 /// thread, as all did before, and the slow writes there keep it closed. Whatever the gate, the
 /// first batch of an upload's first chunk (it creates the data file) and every chunk's last (it
@@ -1101,9 +1095,10 @@ pub struct WriteGate {
 }
 
 /// Sealing and writing one batch (with its region's reservation, for a chunk's first) taking
-/// longer than this was held back by the kernel. It normally takes a fraction of a millisecond;
-/// a runtime thread waiting for the CPU on a busy machine, which the wall clock counts too,
-/// waits a few.
+/// longer than this was held back by the kernel. It should take about 0.1 ms (see
+/// [`WriteGate`]); a runtime thread waiting for the CPU on a busy machine, which the wall clock
+/// counts too, may wait a few. It was not reached in the three fast upload runs of round 8
+/// whose server log was kept.
 pub const SLOW_WRITE: Duration = Duration::from_millis(10);
 /// How long one slow write keeps the gate closed.
 pub const HOLD_BACK: Duration = Duration::from_secs(10);
@@ -1127,6 +1122,22 @@ impl WriteGate {
 
     fn is_open_at(&self, now: Instant) -> bool {
         self.at(now) >= self.closed_until.load(Ordering::Relaxed)
+    }
+
+    /// Records a batch's write that began at `started` and has just ended: a slow one closes
+    /// the gate, and each closing is counted in `metrics` and logged once.
+    fn written(&self, started: Instant, metrics: &Metrics) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(started);
+        if self.record(took, now) {
+            metrics.writes_held_back.inc();
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                "a chunk write was held back by the kernel (the disk is behind): chunk writes \
+                 go to blocking threads for the next {} s",
+                HOLD_BACK.as_secs()
+            );
+        }
     }
 
     /// Records a batch's write that took `took`, up to `now`: a slow one closes the gate.
