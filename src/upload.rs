@@ -8,10 +8,11 @@
 //!    [`Spool::reserve`](crate::store::Spool::reserve)), never holding more than two batches of
 //!    it, and stop at the first byte too many. Batches are sealed and written on the runtime's
 //!    thread while the disk keeps up, on blocking threads otherwise ([`WriteGate`]).
-//! 5. In one blocking task: seal and write the last batch ([`Written::seal_rest`]), make the
-//!    region durable, then commit its row:
-//!    [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the geometry and
-//!    completes the upload if this was the last chunk missing, in the same transaction.
+//! 5. Seal and write the last batch ([`Written::seal_rest`]), make the region durable, then
+//!    commit its row: [`Index::commit_chunk`](crate::store::Index::commit_chunk) re-checks the
+//!    geometry and completes the upload if this was the last chunk missing, in the same
+//!    transaction. All in one blocking task ([`land`]), since each step may sync; in fast mode,
+//!    where none does, on the runtime's thread while [`WriteGate`] is open ([`land_here`]).
 //! 6. Answer with JSON that lets the client find the file ([`ChunkReply`]).
 
 use std::hash::Hasher as _;
@@ -29,9 +30,10 @@ use twox_hash::XxHash3_64;
 use crate::access;
 use crate::app::App;
 use crate::body::{Body, RequestBody, json_response, status_only};
+use crate::config::Durability;
 use crate::crypto::{self, FileCipher, FileKeys, SEGMENT};
 use crate::error::{Error, Result};
-use crate::geometry::Expect;
+use crate::geometry::{Declared, Expect};
 use crate::metrics::Metrics;
 use crate::previews;
 use crate::protocol::{ChunkParams, Params};
@@ -438,60 +440,15 @@ pub async fn store_chunk(
         )));
     }
     let upload_id = row.id.clone();
-    // The chunk's last batch and its region's guard move into the blocking task: the file and
-    // its row are decided together there, even if the client hangs up and this request's
-    // future is dropped meanwhile.
-    let commit = app
-        .blocking(move |app| {
-            let done = written.seal_rest().map_err(Error::from).and_then(|sealed| {
-                app.spool.finish_region(&sealed.file)?;
-                let commit = app.index.commit_chunk(&upload_id, &d, sealed.row)?;
-                Ok((commit, sealed.guard))
-            });
-            // On an error the region's guard has gone, and given the region back.
-            let (commit, mut guard) = match done {
-                Ok(done) => done,
-                Err(e) => {
-                    // A delete committed meanwhile: it removed the directory, or this write
-                    // made it again after the removal. The chunk is for a file that is gone.
-                    if !app.index.upload_exists(&upload_id)? {
-                        app.spool.remove_upload(&upload_id)?;
-                        return Err(Error::NotFound("upload"));
-                    }
-                    return Err(e);
-                }
-            };
-            if let Commit::Stored {
-                replaced,
-                freed,
-                completed,
-                ..
-            } = &commit
-            {
-                guard.keep();
-                if *completed {
-                    app.spool.written_out(&upload_id);
-                    // Best effort: the upload is complete whatever this does.
-                    let trimmed = app
-                        .index
-                        .chunks(&upload_id)
-                        .and_then(|chunks| Ok(app.spool.trim(&upload_id, &chunks)?));
-                    if let Err(e) = trimmed {
-                        tracing::warn!(upload_id = %upload_id, error = %e, "could not give back the bytes of uncommitted writes");
-                    }
-                }
-                app.usage.add(crypto::sealed_len(len));
-                if let Some(old) = replaced {
-                    // The replaced content's rows are gone; its bytes follow.
-                    app.release(&Removed {
-                        uploads: vec![old.clone()],
-                        bytes: *freed,
-                    })?;
-                }
-            }
-            Ok(commit)
-        })
-        .await?;
+    let commit = if app.config.storage.durability == Durability::Fast && app.write_gate.is_open() {
+        land_here(app, written, upload_id, d).await?
+    } else {
+        // The chunk's last batch and its region's guard move into the blocking task: the file
+        // and its row are decided together there, even if the client hangs up and this
+        // request's future is dropped meanwhile.
+        app.blocking(move |app| land(app, written, &upload_id, &d))
+            .await?
+    };
     let m = &app.metrics;
     let (received, total, complete, completed_now) = match commit {
         Commit::Stored {
@@ -529,10 +486,134 @@ pub async fn store_chunk(
     })
 }
 
+/// Seals and writes a chunk's last batch, makes its region durable and commits its row, on a
+/// blocking thread: each of the three may sync.
+fn land(app: &App, written: Written, upload_id: &str, d: &Declared) -> Result<Commit> {
+    let len = written.len;
+    let done = written.seal_rest().map_err(Error::from).and_then(|sealed| {
+        app.spool.finish_region(&sealed.file)?;
+        let commit = app.index.commit_chunk(upload_id, d, sealed.row)?;
+        Ok((commit, sealed.guard))
+    });
+    settle(app, upload_id, len, done)
+}
+
+/// [`land`] on the runtime's thread, for [`Durability::Fast`] while [`WriteGate`] is open: a
+/// chunk then costs no hand-off to a blocking thread at all (one per chunk cost 8-9% of the
+/// server's CPU, BENCHMARKS.md round 9). The last batch goes to the page cache like the others,
+/// the region needs no sync, and the row commits here if the index is free
+/// ([`Index::try_commit_chunk`](crate::store::Index::try_commit_chunk) syncs nothing, and leaves
+/// the checkpoints, which sync, to a blocking thread). The commit is timed like a write: the log
+/// goes through the same page cache. Whatever may wait goes to a blocking thread: the commit if
+/// the index is busy, a failure (its check reads the index), a completion (it trims the data
+/// file, and an overwrite removes the old content's), and a chunk another request stored first
+/// (its region is given back).
+async fn land_here(
+    app: &Arc<App>,
+    written: Written,
+    upload_id: String,
+    d: Declared,
+) -> Result<Commit> {
+    let len = written.len;
+    let sealed = match written.seal_rest() {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            let e = Error::from(e);
+            return app
+                .blocking(move |app| settle(app, &upload_id, len, Err(e)))
+                .await;
+        }
+    };
+    let started = Instant::now();
+    let tried = app.index.try_commit_chunk(&upload_id, &d, sealed.row);
+    app.write_gate.written(started, &app.metrics);
+    if app.index.take_checkpoint_due() {
+        let app = Arc::clone(app);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = app.index.checkpoint() {
+                tracing::warn!(error = %e, "could not checkpoint the index's log");
+            }
+        });
+    }
+    let guard = sealed.guard;
+    match tried {
+        // Stored, not completing: settling keeps the region and counts its bytes, nothing more.
+        Some(Ok(
+            commit @ Commit::Stored {
+                completed: false, ..
+            },
+        )) => settle(app, &upload_id, len, Ok((commit, guard))),
+        Some(done) => {
+            app.blocking(move |app| settle(app, &upload_id, len, done.map(|c| (c, guard))))
+                .await
+        }
+        None => {
+            let row = sealed.row;
+            app.blocking(move |app| {
+                let done = app.index.commit_chunk(&upload_id, &d, row);
+                settle(app, &upload_id, len, done.map(|c| (c, guard)))
+            })
+            .await
+        }
+    }
+}
+
+/// What follows a chunk's commit, or its failure (the region's guard has gone then, and given
+/// the region back). It blocks only for a failure or a completion.
+fn settle(
+    app: &App,
+    upload_id: &str,
+    len: u64,
+    done: Result<(Commit, LitterGuard)>,
+) -> Result<Commit> {
+    let (commit, mut guard) = match done {
+        Ok(done) => done,
+        Err(e) => {
+            // A delete committed meanwhile: it removed the directory, or this write made it
+            // again after the removal. The chunk is for a file that is gone.
+            if !app.index.upload_exists(upload_id)? {
+                app.spool.remove_upload(upload_id)?;
+                return Err(Error::NotFound("upload"));
+            }
+            return Err(e);
+        }
+    };
+    if let Commit::Stored {
+        replaced,
+        freed,
+        completed,
+        ..
+    } = &commit
+    {
+        guard.keep();
+        if *completed {
+            app.spool.written_out(upload_id);
+            // Best effort: the upload is complete whatever this does.
+            let trimmed = app
+                .index
+                .chunks(upload_id)
+                .and_then(|chunks| Ok(app.spool.trim(upload_id, &chunks)?));
+            if let Err(e) = trimmed {
+                tracing::warn!(upload_id = %upload_id, error = %e, "could not give back the bytes of uncommitted writes");
+            }
+        }
+        app.usage.add(crypto::sealed_len(len));
+        if let Some(old) = replaced {
+            // The replaced content's rows are gone; its bytes follow.
+            app.release(&Removed {
+                uploads: vec![old.clone()],
+                bytes: *freed,
+            })?;
+        }
+    }
+    Ok(commit)
+}
+
 /// A chunk streamed through the cipher, all of it but its last batch sealed and written. The
-/// last batch is left to [`Written::seal_rest`], for the blocking task that commits the chunk:
-/// one hand-off to a blocking thread then does both (each hand-off wakes a thread; a profile
-/// showed those wake-ups costing more CPU than hashing the bytes).
+/// last batch is left to [`Written::seal_rest`], for whoever commits the chunk (a blocking task
+/// where committing may sync, [`land`]; the runtime's thread in fast mode, [`land_here`]): a
+/// chunk written to a blocking thread costs one hand-off for both (each hand-off wakes a
+/// thread; a profile showed those wake-ups costing more CPU than hashing the bytes).
 pub struct Written {
     sealing: Sealing,
     rest: Vec<u8>,
@@ -1083,11 +1164,12 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
 /// measured). Sealing and writing a batch to the page cache should take about 0.1 ms, by the
 /// in-memory rates of round 7. But the kernel's dirty-page throttling pauses a writer for up to
 /// 200 ms at a time (its `MAX_PAUSE`; not measured here) when dirty pages outrun the disk, and a
-/// runtime thread held there stalls every connection it serves. So a write that takes longer than [`SLOW_WRITE`],
-/// on any thread, closes the gate for [`HOLD_BACK`]: meanwhile every batch goes to a blocking
-/// thread, as all did before, and the slow writes there keep it closed. Whatever the gate, the
-/// first batch of an upload's first chunk (it creates the data file) and every chunk's last (it
-/// commits with the chunk) are written on a blocking thread.
+/// runtime thread held there stalls every connection it serves. So a write that takes longer
+/// than [`SLOW_WRITE`], on any thread, closes the gate for [`HOLD_BACK`]: meanwhile every batch
+/// goes to a blocking thread, as all did before, and the slow writes there keep it closed.
+/// Whatever the gate, the first batch of an upload's first chunk (it creates the data file) is
+/// written on a blocking thread. In fast mode the gate also decides where a chunk's last batch
+/// and its commit go ([`land_here`]), and the commit is timed like a write.
 pub struct WriteGate {
     epoch: Instant,
     /// Nanoseconds after `epoch` until which the gate is closed.
@@ -1355,6 +1437,118 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// In fast mode a chunk lands on the runtime's thread: with the one blocking thread taken,
+    /// a chunk in the middle of an upload still stores and commits. With the index busy, the
+    /// commit waits for it on a blocking thread; the completing chunk settles there too.
+    #[test]
+    fn chunks_land_on_the_runtime_thread_in_fast_mode() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::Config::for_data_dir(dir.path());
+        config.storage.durability = Durability::Fast;
+        let app = App::open(config).unwrap();
+        let size = 2 * BATCH + 100;
+        let plain: Vec<u8> = (0..4 * size).map(|i| (i * 7 % 251) as u8).collect();
+        let req = |n: usize| {
+            Params::from_query(Some(&format!(
+                "resumableChunkNumber={n}&resumableChunkSize={size}&resumableTotalSize={}&\
+                 resumableIdentifier=id&resumableFilename=f.bin",
+                4 * size
+            )))
+            .unwrap()
+            .chunk(None)
+            .unwrap()
+        };
+        let (up, _, _) = app
+            .index
+            .find_or_create("", &req(1), ("test", 0), || {
+                (new_id(), new_id(), app.key.wrap(&FileKeys::generate()))
+            })
+            .unwrap();
+        let cipher = Arc::new(app.file_cipher(&up.wrapped_keys).unwrap());
+        let write = |n: usize| {
+            let (app, cipher, id) = (&app, Arc::clone(&cipher), up.id.clone());
+            let bytes = Bytes::copy_from_slice(&plain[(n - 1) * size..n * size]);
+            async move {
+                let room = crypto::sealed_len(size as u64);
+                let mut writer = ChunkWriter::new(app, &id, room, cipher, n as u64);
+                writer.push(bytes).await.unwrap();
+                let (sealing, rest) = writer.finish().await.unwrap();
+                let written = Written {
+                    sealing,
+                    rest,
+                    len: size as u64,
+                };
+                land_here(app, written, id, req(n).declared).await
+            }
+        };
+        let stored = |c: Result<Commit>| match c.unwrap() {
+            Commit::Stored {
+                received,
+                completed,
+                ..
+            } => (received, completed),
+            other => panic!("{other:?}"),
+        };
+        rt.block_on(async {
+            // The first chunk creates the data file, on the blocking thread.
+            assert_eq!(stored(write(1).await), (1, false));
+            let (free, taken) = std::sync::mpsc::channel::<()>();
+            let sleeper = tokio::task::spawn_blocking(move || taken.recv());
+            let mut second = std::pin::pin!(write(2));
+            let early = tokio::time::timeout(Duration::from_secs(20), &mut second).await;
+            free.send(()).unwrap();
+            let second = match early {
+                Ok(done) => done,
+                // Only if the kernel held a write back, and the gate sent batches to blocking
+                // threads.
+                Err(_) => {
+                    let held = app.metrics.writes_held_back.get();
+                    assert!(held > 0, "the second chunk waited for a blocking thread");
+                    second.await
+                }
+            };
+            sleeper.await.unwrap().unwrap();
+            assert_eq!(stored(second), (2, false));
+            // The index busy for a while: the commit waits for it on the blocking thread.
+            let (locked, is_locked) = std::sync::mpsc::channel();
+            let holder = {
+                let app = Arc::clone(&app);
+                std::thread::spawn(move || {
+                    let held = app.index.hold_for_test();
+                    locked.send(()).unwrap();
+                    std::thread::sleep(Duration::from_secs(1));
+                    drop(held);
+                })
+            };
+            is_locked.recv().unwrap();
+            assert_eq!(stored(write(3).await), (3, false));
+            holder.join().unwrap();
+            assert_eq!(stored(write(4).await), (4, true));
+        });
+        let mut got = Vec::new();
+        for row in app.index.chunks(&up.id).unwrap() {
+            let sent = crate::download::read_chunk(
+                &app.spool,
+                &cipher,
+                &up.id,
+                &row,
+                0,
+                row.len,
+                &mut |p: Bytes| {
+                    got.extend_from_slice(&p);
+                    true
+                },
+            );
+            assert!(sent.unwrap());
+        }
+        assert!(got == plain, "the file's bytes differ");
     }
 
     /// Every batch starts on a cache line and has room for a whole batch and its padding,

@@ -3,10 +3,14 @@
 //! A chunk exists only once its row is committed here, and its row is written only after its
 //! bytes are where the durability setting demands. The row that completes an upload commits in
 //! the same transaction as the completion, on the one writer connection, so exactly one request
-//! ever completes a file. Every method blocks: call it from `spawn_blocking`.
+//! ever completes a file. Every method blocks: call it from `spawn_blocking`. The one exception
+//! is [`Index::try_commit_chunk`], which never waits and never syncs.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -182,6 +186,38 @@ pub struct Index {
     conn: Mutex<Connection>,
     /// Incomplete uploads in memory, written only under `conn`'s lock ([`Active`]).
     pub(super) active: Active,
+    /// A commit on a runtime thread left a checkpoint for [`Index::checkpoint`]
+    /// ([`Index::take_checkpoint_due`]).
+    checkpoint_due: AtomicBool,
+}
+
+/// Frames in the write-ahead log after which a commit checkpoints it into the database: SQLite's
+/// own default (`wal_autocheckpoint`), which [`after_wal_commit`] takes over.
+const CHECKPOINT_FRAMES: c_int = 1000;
+
+thread_local! {
+    /// `Some` while this thread commits in [`Index::try_commit_chunk`], on a runtime thread: a
+    /// checkpoint the commit would run is left to a blocking thread, and `Some(true)` says one
+    /// is due. A checkpoint syncs the log and the database file in both durabilities, and a
+    /// sync can wait for the disk for as long as it likes.
+    static DEFER_CHECKPOINT: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// The connection's WAL hook, in place of SQLite's automatic checkpoint. It does what that does
+/// (a passive checkpoint once the log holds [`CHECKPOINT_FRAMES`]; its failure fails no commit,
+/// which is already done), except during [`Index::try_commit_chunk`].
+fn after_wal_commit(wal: &rusqlite::hooks::Wal, frames: c_int) -> rusqlite::Result<()> {
+    if frames < CHECKPOINT_FRAMES {
+        return Ok(());
+    }
+    if DEFER_CHECKPOINT.get().is_some() {
+        DEFER_CHECKPOINT.set(Some(true));
+        return Ok(());
+    }
+    if let Err(e) = wal.checkpoint() {
+        tracing::debug!(error = %e, "the index's log was not checkpointed");
+    }
+    Ok(())
 }
 
 /// An upload as a request for one of its chunks finds it: its row, its shape merged with what
@@ -221,6 +257,7 @@ impl Index {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.wal_hook(Some(after_wal_commit));
         let sync = match durability {
             Durability::Safe => "FULL",
             Durability::Fast => "NORMAL",
@@ -246,6 +283,7 @@ impl Index {
         Ok(Index {
             conn: Mutex::new(conn),
             active: Active::default(),
+            checkpoint_due: AtomicBool::new(false),
         })
     }
 
@@ -253,6 +291,12 @@ impl Index {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back), so a
         // poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds the connection, as a long statement on another thread would.
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn()
     }
 
     /// Records the global key's check value on first use, and refuses a different key later:
@@ -439,7 +483,55 @@ impl Index {
         declared: &Declared,
         chunk: ChunkRow,
     ) -> Result<Commit> {
-        let mut c = self.conn();
+        self.commit_chunk_on(&mut self.conn(), upload_id, declared, chunk)
+    }
+
+    /// [`Index::commit_chunk`] for a runtime thread, which must not wait: `None`, with nothing
+    /// done, while another thread holds the connection. It syncs nothing with
+    /// [`Durability::Fast`] (a commit in WAL mode with `synchronous = NORMAL` writes the log to
+    /// the page cache), and a checkpoint it makes due is not run here, but left to
+    /// [`Index::checkpoint`] on a blocking thread: see [`Index::take_checkpoint_due`]. With
+    /// [`Durability::Safe`] every commit syncs: use [`Index::commit_chunk`].
+    pub fn try_commit_chunk(
+        &self,
+        upload_id: &str,
+        declared: &Declared,
+        chunk: ChunkRow,
+    ) -> Option<Result<Commit>> {
+        let mut c = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        DEFER_CHECKPOINT.set(Some(false));
+        let done = self.commit_chunk_on(&mut c, upload_id, declared, chunk);
+        if DEFER_CHECKPOINT.take() == Some(true) {
+            self.checkpoint_due.store(true, Ordering::Relaxed);
+        }
+        Some(done)
+    }
+
+    /// Whether a commit left a checkpoint due since the last call: the caller runs
+    /// [`Index::checkpoint`] on a blocking thread.
+    pub fn take_checkpoint_due(&self) -> bool {
+        self.checkpoint_due.swap(false, Ordering::Relaxed)
+    }
+
+    /// Checkpoints the write-ahead log into the database (passively, as SQLite's automatic
+    /// checkpoint does), so that the log does not grow without end while commits leave it.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn commit_chunk_on(
+        &self,
+        c: &mut Connection,
+        upload_id: &str,
+        declared: &Declared,
+        chunk: ChunkRow,
+    ) -> Result<Commit> {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         #[allow(clippy::type_complexity)]
         let (size, cs, t, received, completed, file_id, scope, identifier): (
@@ -778,5 +870,107 @@ mod tests {
         let removed = index.expire(now_ms() + 1).unwrap();
         assert_eq!(removed.uploads, vec![up3.id.clone()]);
         assert!(index.cached("", &second).unwrap().is_none());
+    }
+
+    /// Chunk `n` of a file of 10,000 chunks of 10 bytes.
+    fn many(n: u64) -> ChunkParams {
+        Params::from_query(Some(&format!(
+            "resumableChunkNumber={n}&resumableChunkSize=10&resumableTotalSize=100000&\
+             resumableIdentifier=many&resumableFilename=f.bin&resumableRelativePath=f.bin"
+        )))
+        .unwrap()
+        .chunk(None)
+        .unwrap()
+    }
+
+    /// Frames in the index's write-ahead log since it last restarted. It checkpoints them, so
+    /// call it once, at the end.
+    fn log_frames(index: &Index) -> i64 {
+        index
+            .conn()
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
+
+    /// A commit that may not wait (on a runtime thread) never checkpoints, since a checkpoint
+    /// syncs: it says that one is due, and [`Index::checkpoint`] runs it. A commit on a
+    /// blocking thread, on the same thread afterwards, checkpoints as SQLite would by itself.
+    #[test]
+    fn commits_that_may_not_wait_leave_checkpoints_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let index = Index::open(&dir.path().join(name), Durability::Fast).unwrap();
+            let (up, _, _) = index
+                .find_or_create("", &many(1), ("test", 0), ids)
+                .unwrap();
+            (index, up.id.clone())
+        };
+        let (index, id) = open("inline.sqlite");
+        // Commits until one leaves a checkpoint due, then as many again.
+        let mut n = 0;
+        while !index.take_checkpoint_due() {
+            n += 1;
+            assert!(n < 5000, "no checkpoint fell due");
+            let done = index.try_commit_chunk(&id, &many(n).declared, row(n));
+            assert!(matches!(done, Some(Ok(Commit::Stored { .. }))));
+        }
+        assert!(!index.take_checkpoint_due(), "taken");
+        for k in n + 1..=2 * n {
+            index
+                .try_commit_chunk(&id, &many(k).declared, row(k))
+                .unwrap()
+                .unwrap();
+        }
+        assert!(index.take_checkpoint_due());
+        let inline = log_frames(&index);
+        assert!(
+            inline > i64::from(CHECKPOINT_FRAMES) * 3 / 2,
+            "nothing was checkpointed: {inline} frames after {} commits",
+            2 * n
+        );
+        let (index2, id2) = open("blocking.sqlite");
+        for k in 1..=2 * n {
+            index2
+                .commit_chunk(&id2, &many(k).declared, row(k))
+                .unwrap();
+        }
+        assert!(!index2.take_checkpoint_due());
+        let blocking = log_frames(&index2);
+        assert!(
+            blocking < i64::from(CHECKPOINT_FRAMES) + 50,
+            "blocking commits checkpoint by themselves: {blocking} frames"
+        );
+        // The due checkpoint, run: the log starts again.
+        for k in 2 * n + 1..=3 * n {
+            index
+                .try_commit_chunk(&id, &many(k).declared, row(k))
+                .unwrap()
+                .unwrap();
+        }
+        index.checkpoint().unwrap();
+        index
+            .try_commit_chunk(&id, &many(3 * n + 1).declared, row(3 * n + 1))
+            .unwrap()
+            .unwrap();
+        let after = log_frames(&index);
+        assert!(after < 50, "{after} frames after the checkpoint");
+    }
+
+    /// A commit that may not wait does nothing while another thread holds the connection.
+    #[test]
+    fn a_commit_that_may_not_wait_does_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite"), Durability::Fast).unwrap();
+        let (up, _, _) = index.find_or_create("", &req(1), ("test", 0), ids).unwrap();
+        let held = index.conn();
+        assert!(
+            index
+                .try_commit_chunk(&up.id, &req(1).declared, row(1))
+                .is_none()
+        );
+        drop(held);
+        assert!(index.chunk(&up.id, 1).unwrap().is_none(), "nothing done");
+        let done = index.try_commit_chunk(&up.id, &req(1).declared, row(1));
+        assert!(matches!(done, Some(Ok(Commit::Stored { received: 1, .. }))));
     }
 }
