@@ -624,7 +624,7 @@ pub struct Written {
 /// A chunk whose sealed bytes are all in its region, not yet durable nor committed.
 pub struct Sealed {
     /// The upload's data file.
-    pub file: std::fs::File,
+    pub file: Arc<std::fs::File>,
     pub row: ChunkRow,
     /// Frees the region unless its row commits.
     pub guard: LitterGuard,
@@ -718,15 +718,11 @@ pub fn new_id() -> String {
 /// Frees the region of a chunk that never got its index row, however the request ends (an
 /// error, a client that went away, a cancelled task, another write of the chunk committing
 /// first).
-pub struct LitterGuard(Option<(std::fs::File, u64, u64)>);
+pub struct LitterGuard(Option<(Arc<std::fs::File>, u64, u64)>);
 
 impl LitterGuard {
-    fn new(region: &Region) -> std::io::Result<Self> {
-        Ok(LitterGuard(Some((
-            region.file.try_clone()?,
-            region.pos,
-            region.len,
-        ))))
+    fn new(region: &Region) -> Self {
+        LitterGuard(Some((Arc::clone(&region.file), region.pos, region.len)))
     }
 
     pub fn keep(&mut self) {
@@ -1034,7 +1030,7 @@ struct Sealing {
 
 /// A chunk's region, and where in it the next batch goes.
 struct Placed {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     start: u64,
     next: u64,
     end: u64,
@@ -1060,7 +1056,7 @@ impl Sealing {
             Some(placed) => placed,
             None => {
                 let region = self.app.spool.reserve(&self.upload_id, self.room)?;
-                let guard = LitterGuard::new(&region)?;
+                let guard = LitterGuard::new(&region);
                 self.region.insert(Placed {
                     start: region.pos,
                     next: region.pos,
