@@ -499,8 +499,8 @@ fn land(app: &App, written: Written, upload_id: &str, d: &Declared) -> Result<Co
 }
 
 /// [`land`] on the runtime's thread, for [`Durability::Fast`] while [`WriteGate`] is open: a
-/// chunk then costs no hand-off to a blocking thread at all (one per chunk cost 8-9% of the
-/// server's CPU, BENCHMARKS.md round 9). The last batch goes to the page cache like the others,
+/// chunk then costs no hand-off to a blocking thread at all (the one per chunk left cost 4-8% of
+/// a fast upload's server CPU in alternating sets, BENCHMARKS.md round 9). The last batch goes to the page cache like the others,
 /// the region needs no sync, and the row commits here if the index is free
 /// ([`Index::try_commit_chunk`](crate::store::Index::try_commit_chunk) syncs nothing, and leaves
 /// the checkpoints, which sync, to a blocking thread). The commit is timed like a write: the log

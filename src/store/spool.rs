@@ -213,10 +213,11 @@ impl Spool {
     /// A fresh region of `len` bytes of an upload's data file, for one write of one chunk.
     ///
     /// While another region of the upload is in flight, this one shares its open file: with
-    /// several chunks of an upload in flight, most reservations open nothing (an open, a
-    /// `statx`, a `dup` and two closes per chunk were 1.7% of a fast upload's server CPU,
-    /// BENCHMARKS.md round 9). The file closes with the last region that holds it, so open
-    /// files stay as many as the writes in flight.
+    /// several chunks of an upload in flight, most reservations open nothing. An open, a
+    /// `statx`, a `dup` and two closes per chunk were 1.7% of a fast upload's server CPU in a
+    /// profile; sharing saved 4-5% in alternating sets (BENCHMARKS.md, round 9). The file
+    /// closes with the last region that holds it, so open files stay as many as the writes in
+    /// flight.
     pub fn reserve(&self, upload_id: &str, len: u64) -> io::Result<Region> {
         let shared = self.ends.get(upload_id).and_then(|w| w.file.upgrade());
         let (file, covered) = match shared {
