@@ -4,7 +4,8 @@
 //! bytes are where the durability setting demands. The row that completes an upload commits in
 //! the same transaction as the completion, on the one writer connection, so exactly one request
 //! ever completes a file. Every method blocks: call it from `spawn_blocking`. The one exception
-//! is [`Index::try_commit_chunk`], which never waits and never syncs.
+//! is [`Index::try_commit_chunk`], which never waits for the connection and, with
+//! [`Durability::Fast`], syncs nothing.
 
 use std::cell::Cell;
 use std::ffi::c_int;

@@ -219,33 +219,36 @@ impl Spool {
     /// closes with the last region that holds it, so open files stay as many as the writes in
     /// flight.
     pub fn reserve(&self, upload_id: &str, len: u64) -> io::Result<Region> {
-        let shared = self.ends.get(upload_id).and_then(|w| w.file.upgrade());
-        let (file, covered) = match shared {
-            // Every byte written and every block allocated lies inside a region handed out.
-            Some(file) => (file, 0),
+        // Decided and placed under the entry's lock: a completion or a removal that forgets
+        // the end meanwhile cannot have this region start over the file's first bytes.
+        let shared = self.ends.get_mut(upload_id).and_then(|mut w| {
+            let file = w.file.upgrade()?;
+            let pos = w.end.next_multiple_of(ALIGN);
+            w.end = pos + len;
+            Some((file, pos))
+        });
+        let (file, pos) = match shared {
+            Some(placed) => placed,
             None => {
                 let file = Arc::new(self.open_data(upload_id)?);
                 // Past every byte written and every block allocated: after a restart (no
                 // write in flight), the in-memory end starts from here, and nothing committed
                 // lies past it.
                 let covered = file.metadata()?.len();
-                (file, covered)
+                let mut w = self
+                    .ends
+                    .entry(upload_id.to_string())
+                    .or_insert_with(|| Writing {
+                        end: 0,
+                        file: Weak::new(),
+                    });
+                let pos = w.end.max(covered).next_multiple_of(ALIGN);
+                w.end = pos + len;
+                if w.file.strong_count() == 0 {
+                    w.file = Arc::downgrade(&file);
+                }
+                (file, pos)
             }
-        };
-        let pos = {
-            let mut w = self
-                .ends
-                .entry(upload_id.to_string())
-                .or_insert_with(|| Writing {
-                    end: 0,
-                    file: Weak::new(),
-                });
-            let pos = w.end.max(covered).next_multiple_of(ALIGN);
-            w.end = pos + len;
-            if w.file.strong_count() == 0 {
-                w.file = Arc::downgrade(&file);
-            }
-            pos
         };
         // The region's blocks are allocated now: that takes ext4's per-block delayed-allocation
         // work off every write (perf: 7% of the server's CPU on 1 MiB chunks), and a disk too
@@ -567,10 +570,14 @@ mod tests {
         d.file.write_all_at(&[1; 10], d.pos).unwrap();
         let end = d.pos + ALIGN;
         drop(d);
-        // The end forgotten, the file's length still says where free space starts.
+        // The end forgotten (a completion), the file's length still says where free space
+        // starts, even while a region still holds the file.
         spool.written_out(ID);
         let e = spool.reserve(ID, ALIGN).unwrap();
         assert_eq!(e.pos, end);
+        spool.written_out(ID);
+        let f = spool.reserve(ID, ALIGN).unwrap();
+        assert_eq!(f.pos, end + ALIGN, "past e, which holds the file");
         assert_eq!(
             fs::metadata(spool.data_path(ID).unwrap()).unwrap().ino(),
             e.file.metadata().unwrap().ino()
