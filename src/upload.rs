@@ -499,11 +499,11 @@ fn land(app: &App, written: Written, upload_id: &str, d: &Declared) -> Result<Co
 }
 
 /// [`land`] on the runtime's thread, for [`Durability::Fast`] while [`WriteGate`] is open: a
-/// chunk then costs no hand-off to a blocking thread at all (the one per chunk left cost 4-8% of
-/// a fast upload's server CPU in alternating sets, BENCHMARKS.md round 9). The last batch goes to the page cache like the others,
-/// the region needs no sync, and the row commits here if the index is free
-/// ([`Index::try_commit_chunk`](crate::store::Index::try_commit_chunk) syncs nothing, and leaves
-/// the checkpoints, which sync, to a blocking thread). The commit is timed like a write: the log
+/// chunk then costs no hand-off to a blocking thread at all (the one per chunk left cost 4-8%
+/// of a fast upload's server CPU in alternating sets, BENCHMARKS.md round 9). The last batch
+/// goes to the page cache like the others, the region needs no sync, and the row commits here
+/// if the index is free ([`Index::try_commit_chunk`](crate::store::Index::try_commit_chunk)
+/// syncs nothing, and leaves the checkpoints, which sync, to a blocking thread). The commit is timed like a write: the log
 /// goes through the same page cache. Whatever may wait goes to a blocking thread: the commit if
 /// the index is busy, a failure (its check reads the index), a completion (it trims the data
 /// file, and an overwrite removes the old content's), and a chunk another request stored first
@@ -535,7 +535,7 @@ async fn land_here(
             }
         });
     }
-    let guard = sealed.guard;
+    let (guard, row) = (sealed.guard, sealed.row);
     match tried {
         // Stored, not completing: settling keeps the region and counts its bytes, nothing more.
         Some(Ok(
@@ -543,14 +543,10 @@ async fn land_here(
                 completed: false, ..
             },
         )) => settle(app, &upload_id, len, Ok((commit, guard))),
-        Some(done) => {
-            app.blocking(move |app| settle(app, &upload_id, len, done.map(|c| (c, guard))))
-                .await
-        }
-        None => {
-            let row = sealed.row;
+        // Anything else settles on a blocking thread, after the commit if the index was busy.
+        tried => {
             app.blocking(move |app| {
-                let done = app.index.commit_chunk(&upload_id, &d, row);
+                let done = tried.unwrap_or_else(|| app.index.commit_chunk(&upload_id, &d, row));
                 settle(app, &upload_id, len, done.map(|c| (c, guard)))
             })
             .await

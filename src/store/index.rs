@@ -772,14 +772,19 @@ mod tests {
     use super::*;
     use crate::protocol::Params;
 
-    fn req(n: u64) -> ChunkParams {
+    /// Chunk `n` of a file of `total` bytes in chunks of 10, under `identifier`.
+    fn chunk_of(identifier: &str, total: u64, n: u64) -> ChunkParams {
         Params::from_query(Some(&format!(
-            "resumableChunkNumber={n}&resumableChunkSize=10&resumableTotalSize=30&\
-             resumableIdentifier=id&resumableFilename=f.bin&resumableRelativePath=f.bin"
+            "resumableChunkNumber={n}&resumableChunkSize=10&resumableTotalSize={total}&\
+             resumableIdentifier={identifier}&resumableFilename=f.bin&resumableRelativePath=f.bin"
         )))
         .unwrap()
         .chunk(None)
         .unwrap()
+    }
+
+    fn req(n: u64) -> ChunkParams {
+        chunk_of("id", 30, n)
     }
 
     fn row(n: u64) -> ChunkRow {
@@ -873,15 +878,9 @@ mod tests {
         assert!(index.cached("", &second).unwrap().is_none());
     }
 
-    /// Chunk `n` of a file of 10,000 chunks of 10 bytes.
+    /// Chunk `n` of a file of 10,000 chunks.
     fn many(n: u64) -> ChunkParams {
-        Params::from_query(Some(&format!(
-            "resumableChunkNumber={n}&resumableChunkSize=10&resumableTotalSize=100000&\
-             resumableIdentifier=many&resumableFilename=f.bin&resumableRelativePath=f.bin"
-        )))
-        .unwrap()
-        .chunk(None)
-        .unwrap()
+        chunk_of("many", 100_000, n)
     }
 
     /// Frames in the index's write-ahead log since it last restarted. It checkpoints them, so
