@@ -1,6 +1,9 @@
 //! Both layers with AES-NI, and with VAES where the CPU has it, written out by hand: the one
 //! place chunkd uses `unsafe`.
 //!
+//! Three register widths, the widest the CPU has ([`Width`]): AES-NI on 128-bit registers,
+//! VAES on 256-bit ones with AVX2 (round 7) and on 512-bit ones with AVX-512F (round 10).
+//!
 //! Opening is most of a download's CPU (40% of the server's samples in a download run, perf),
 //! sealing a quarter of an upload's. Through the `aes` crate's backends the compiler emitted
 //! each block's fourteen rounds one after another instead of a round over all eight blocks of
@@ -17,19 +20,30 @@
 //! went from 3.2-3.3 to 5.7-5.9 GB/s and sealing from 3.1-3.2 to 4.1-4.3 (BENCHMARKS.md,
 //! round 7).
 //!
+//! Round 10's CPU (an AMD EPYC of family 26) runs an AES instruction on a 512-bit register at
+//! the cost of one on a 256-bit register (rounds alone: 17 GB/s on eight 256-bit registers, 33
+//! on eight 512-bit ones, one layer), so where VAES and AVX-512F are detected, [`rounds32`] and
+//! [`rounds16z`] take four blocks per register: in memory, opening went from 7.2-7.3 to 13.9-14.4
+//! GB/s and sealing from 6.0-6.1 to 8.7-9.0. A CPU that splits a 512-bit AES instruction into
+//! two 256-bit halves should do no worse on the widest registers than on 256-bit ones; no such
+//! CPU was at hand to measure.
+//!
 //! `unsafe` is needed for two things: calling the `#[target_feature]` functions, which is sound
-//! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says whether
-//! VAES and AVX2 have been too; and the assembly, which reads only the round keys. Blocks move
-//! between bytes and registers through `bytemuck`, without `unsafe`. Tests check the keys
-//! against the `aes` crate, the two register widths against each other, and sealing and opening
+//! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says which of
+//! VAES with AVX2 and VAES with AVX-512F have been too; and the assembly, which reads only the
+//! round keys. Blocks move between bytes and registers through `bytemuck` (its `avx512_simd`
+//! feature for the 512-bit ones), without `unsafe`. Tests check the keys against the `aes`
+//! crate, every register width the CPU has against the narrowest, and sealing and opening
 //! against the `cbc` crate and the portable path.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m128i, __m256i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesimc_si128,
+    __m128i, __m256i, __m512i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesimc_si128,
     _mm_aeskeygenassist_si128, _mm_shuffle_epi32, _mm_slli_si128, _mm_xor_si128,
     _mm256_broadcastsi128_si256, _mm256_castsi256_si128, _mm256_extracti128_si256,
-    _mm256_permute2x128_si256, _mm256_set_m128i, _mm256_xor_si256,
+    _mm256_permute2x128_si256, _mm256_set_m128i, _mm256_xor_si256, _mm512_alignr_epi64,
+    _mm512_broadcast_i32x4, _mm512_castsi128_si512, _mm512_extracti32x4_epi32, _mm512_inserti32x4,
+    _mm512_xor_si512,
 };
 
 use super::{BLOCK, LANES, SEGMENT};
@@ -41,54 +55,48 @@ const GROUP: usize = 8;
 /// as eight did on 128-bit registers, with twice the blocks per instruction.
 const WIDE: usize = 16;
 
-/// Runs eight registers of independent blocks through all fourteen rounds of one key
-/// schedule, a round at a time over all of them: [`rounds8`] on 128-bit registers with AES-NI,
-/// [`rounds16`] on 256-bit ones with VAES. `$key` is the register type, `$reg` its register
-/// class and `$width` its size in bytes; `$mov` and `$xor` are the load and XOR instructions,
-/// and `$operands` the operands of the XOR and of every round, where `\b` is the block's
-/// register and `{t}` the round key's.
+/// Runs registers of independent blocks (`$b`, eight or four) through all fourteen rounds of
+/// one key schedule, a round at a time over all of them: [`rounds8`] on 128-bit registers with
+/// AES-NI, [`rounds16`] on 256-bit ones and [`rounds32`] and [`rounds16z`] on 512-bit ones
+/// with VAES. `$key` is the register type, `$reg` its register class and `$width` its size in
+/// bytes; `$mov` and `$xor` are the load and XOR instructions, and `$operands` the operands of
+/// the XOR and of every round, where `\b` is the block's register and `{t}` the round key's.
 ///
 /// In assembly, because the compiler reorders intrinsics: from the same rounds written as
 /// intrinsics it emitted each block's fourteen rounds one after another (perf annotate), so the
 /// CPU had only a few blocks in flight and opening ran no faster than through the `aes` crate.
 macro_rules! rounds {
-    ($keys:expr, $blocks:expr, $key:ty, $reg:ident, $width:literal, $mov:literal, $xor:literal,
-     $round:literal, $last:literal, $operands:literal) => {{
+    ($keys:expr, $blocks:expr, [$b0:ident $(, $b:ident)*], $key:ty, $reg:ident, $width:literal,
+     $mov:literal, $xor:literal, $round:literal, $last:literal, $operands:literal) => {{
         let keys: &[$key; 15] = &$keys;
-        let [mut b0, mut b1, mut b2, mut b3, mut b4, mut b5, mut b6, mut b7] = $blocks;
+        let [mut $b0 $(, mut $b)*] = $blocks;
         // SAFETY: the assembly reads the 15 round keys behind `keys` and writes only the
         // registers it names; the caller runs with the instructions' CPU features enabled.
         unsafe {
             std::arch::asm!(
                 // `.irp` repeats its body for each value: once per block, once per round key.
                 concat!($mov, " {t}, [{k}]"),
-                ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
+                concat!(".irp b, {", stringify!($b0), "}" $(, ", {", stringify!($b), "}")*),
                 concat!($xor, " ", $operands),
                 ".endr",
                 ".irp i, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13",
                 concat!($mov, " {t}, [{k} + \\i * ", $width, "]"),
-                ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
+                concat!(".irp b, {", stringify!($b0), "}" $(, ", {", stringify!($b), "}")*),
                 concat!($round, " ", $operands),
                 ".endr",
                 ".endr",
                 concat!($mov, " {t}, [{k} + 14 * ", $width, "]"),
-                ".irp b, {b0}, {b1}, {b2}, {b3}, {b4}, {b5}, {b6}, {b7}",
+                concat!(".irp b, {", stringify!($b0), "}" $(, ", {", stringify!($b), "}")*),
                 concat!($last, " ", $operands),
                 ".endr",
                 k = in(reg) keys.as_ptr(),
                 t = out($reg) _,
-                b0 = inout($reg) b0,
-                b1 = inout($reg) b1,
-                b2 = inout($reg) b2,
-                b3 = inout($reg) b3,
-                b4 = inout($reg) b4,
-                b5 = inout($reg) b5,
-                b6 = inout($reg) b6,
-                b7 = inout($reg) b7,
+                $b0 = inout($reg) $b0,
+                $($b = inout($reg) $b,)*
                 options(pure, readonly, nostack, preserves_flags),
             );
         }
-        [b0, b1, b2, b3, b4, b5, b6, b7]
+        [$b0 $(, $b)*]
     }};
 }
 
@@ -98,7 +106,17 @@ macro_rules! rounds {
 macro_rules! rounds8 {
     ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
         rounds!(
-            $keys, $blocks, __m128i, xmm_reg, "16", "movdqu", "pxor", $round, $last, "\\b, {t}"
+            $keys,
+            $blocks,
+            [b0, b1, b2, b3, b4, b5, b6, b7],
+            __m128i,
+            xmm_reg,
+            "16",
+            "movdqu",
+            "pxor",
+            $round,
+            $last,
+            "\\b, {t}"
         )
     };
 }
@@ -113,6 +131,7 @@ macro_rules! rounds16 {
         rounds!(
             $keys,
             $blocks,
+            [b0, b1, b2, b3, b4, b5, b6, b7],
             __m256i,
             ymm_reg,
             "32",
@@ -125,13 +144,68 @@ macro_rules! rounds16 {
     };
 }
 
+/// Blocks through [`rounds`] on 512-bit registers with VAES, four to a register (each round key
+/// in all four quarters, [`widen4`]): `rounds32!` takes eight registers, thirty-two blocks, and
+/// `rounds16z!` four registers, sixteen blocks, the lanes of one sealing group. Use only where
+/// VAES and AVX-512F are enabled. On this round's CPU an AES instruction on a 512-bit register
+/// costs what one on a 256-bit register does (a loop of rounds alone: 33 GB/s on eight 512-bit
+/// registers, 17 on eight 256-bit ones, one layer; BENCHMARKS.md, round 10).
+macro_rules! rounds32 {
+    ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
+        rounds!(
+            $keys,
+            $blocks,
+            [b0, b1, b2, b3, b4, b5, b6, b7],
+            __m512i,
+            zmm_reg,
+            "64",
+            "vmovdqu64",
+            "vpxorq",
+            $round,
+            $last,
+            "\\b, \\b, {t}"
+        )
+    };
+}
+
+/// [`rounds32`]'s rounds on four registers: see there.
+macro_rules! rounds16z {
+    ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
+        rounds!(
+            $keys,
+            $blocks,
+            [b0, b1, b2, b3],
+            __m512i,
+            zmm_reg,
+            "64",
+            "vmovdqu64",
+            "vpxorq",
+            $round,
+            $last,
+            "\\b, \\b, {t}"
+        )
+    };
+}
+
+/// The widest registers this CPU's AES instructions take: found once, with the keys, and
+/// ordered, so that a test can cap it ([`Keys::capped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Width {
+    /// AES-NI alone: a block per 128-bit register ([`rounds8`]).
+    Xmm,
+    /// VAES and AVX2: two blocks per 256-bit register ([`rounds16`]).
+    Ymm,
+    /// VAES and AVX-512F: four blocks per 512-bit register ([`rounds32`], [`rounds16z`]).
+    Zmm,
+}
+
 /// The round keys of one AES-256 key: the cipher's, and the equivalent inverse cipher's.
 #[derive(Clone, Copy)]
 pub(super) struct Keys {
     enc: [__m128i; 15],
     dec: [__m128i; 15],
-    /// VAES and AVX2 were detected: sixteen blocks at a time ([`rounds16`]).
-    wide: bool,
+    /// The widest registers the AES instructions take on this CPU.
+    width: Width,
 }
 
 impl Keys {
@@ -142,17 +216,29 @@ impl Keys {
         }
         // SAFETY: AES-NI is present, checked just above.
         let mut keys = unsafe { expand(key) };
-        keys.wide = std::arch::is_x86_feature_detected!("vaes")
-            && std::arch::is_x86_feature_detected!("avx2");
+        let vaes = std::arch::is_x86_feature_detected!("vaes");
+        keys.width = if vaes && std::arch::is_x86_feature_detected!("avx512f") {
+            Width::Zmm
+        } else if vaes && std::arch::is_x86_feature_detected!("avx2") {
+            Width::Ymm
+        } else {
+            Width::Xmm
+        };
         Some(keys)
     }
 
-    /// These keys without the VAES paths, as on a CPU with AES-NI alone: for the tests that
-    /// compare the two.
+    /// These keys with registers no wider than `width`, as on a CPU without the wider
+    /// instructions: for the tests that compare the paths.
     #[cfg(test)]
-    pub(super) fn narrow(mut self) -> Self {
-        self.wide = false;
+    pub(super) fn capped(mut self, width: Width) -> Self {
+        self.width = self.width.min(width);
         self
+    }
+
+    /// The widest registers these keys use.
+    #[cfg(test)]
+    pub(super) fn width(&self) -> Width {
+        self.width
     }
 }
 
@@ -173,12 +259,17 @@ pub(super) fn seal_groups(
             (*i, *o) = ivs(first + l);
         }
     };
-    if outer.wide {
+    if outer.width >= Width::Ymm {
         for group in buf.chunks_exact_mut(WIDE * SEGMENT) {
             let (mut iv_in, mut iv_out) = ([[0; 16]; WIDE], [[0; 16]; WIDE]);
             lane_ivs(done, &mut iv_in, &mut iv_out);
-            // SAFETY: `wide` is set only once VAES and AVX2 have been detected (`Keys::new`).
-            unsafe { seal_wide(outer, inner, group, iv_in, iv_out) };
+            if outer.width == Width::Zmm {
+                // SAFETY: `Zmm` is set only once VAES and AVX-512F have been detected.
+                unsafe { seal_zmm(outer, inner, group, iv_in, iv_out) };
+            } else {
+                // SAFETY: `Ymm` is set only once VAES and AVX2 have been detected.
+                unsafe { seal_wide(outer, inner, group, iv_in, iv_out) };
+            }
             done += WIDE;
         }
     }
@@ -246,6 +337,63 @@ fn seal_wide(
     }
 }
 
+/// [`seal_wide`] on 512-bit registers: the same sixteen lanes, lanes `4m` to `4m + 3` in the
+/// four quarters of register `m`, with row `r + 1` of the inner layer running beside row `r` of
+/// the outer one.
+///
+/// The tile is transposed: its row `r` holds block `r` of each lane, in lane order, so that a
+/// register is one 64-byte load and one store. Gathering a register from four lanes' rows
+/// instead (inserts and extracts, which share the AES units' ports) sealed at 7.2-7.3 GB/s,
+/// the transposed tile at 8.1-8.5 with sixteen rows and 8.7-9.0 with sixty-four; more rows
+/// were slower (8.0-8.1 with 128), as the tile outgrew the L1 cache (BENCHMARKS.md, round 10).
+#[target_feature(enable = "aes,avx512f,vaes")]
+fn seal_zmm(
+    outer: &Keys,
+    inner: &Keys,
+    group: &mut [u8],
+    iv_in: [[u8; 16]; WIDE],
+    iv_out: [[u8; 16]; WIDE],
+) {
+    /// Rows per tile: 1 KiB of each lane, 16 KiB in all.
+    const TILE: usize = 64;
+    let (inner_enc, outer_enc) = (widen4(&inner.enc), widen4(&outer.enc));
+    let quad =
+        |ivs: &[[u8; 16]; WIDE], m: usize| join4(std::array::from_fn(|q| to_reg(ivs[4 * m + q])));
+    let mut prev_in: [__m512i; 4] = std::array::from_fn(|m| quad(&iv_in, m));
+    let mut prev_out: [__m512i; 4] = std::array::from_fn(|m| quad(&iv_out, m));
+    // Row `r` of a tile is block `r` of every lane, in lane order: register `m` of a row is
+    // four blocks side by side.
+    let mut tile = [[0u8; WIDE * BLOCK]; TILE];
+    for at in (0..SEGMENT).step_by(TILE * BLOCK) {
+        for l in 0..WIDE {
+            let lane = &group[l * SEGMENT + at..][..TILE * BLOCK];
+            for (row, block) in tile.iter_mut().zip(lane.chunks_exact(BLOCK)) {
+                row[l * BLOCK..][..BLOCK].copy_from_slice(block);
+            }
+        }
+        for row in tile.iter_mut() {
+            let mut x = prev_in;
+            for (m, b) in x.iter_mut().enumerate() {
+                *b = _mm512_xor_si512(load4(row, m), *b);
+            }
+            prev_in = rounds16z!(inner_enc, x, "vaesenc", "vaesenclast");
+            for ((b, i), o) in x.iter_mut().zip(prev_in).zip(prev_out) {
+                *b = _mm512_xor_si512(i, o);
+            }
+            prev_out = rounds16z!(outer_enc, x, "vaesenc", "vaesenclast");
+            for (m, b) in prev_out.iter().enumerate() {
+                store4(row, m, *b);
+            }
+        }
+        for l in 0..WIDE {
+            let lane = &mut group[l * SEGMENT + at..][..TILE * BLOCK];
+            for (row, block) in tile.iter().zip(lane.chunks_exact_mut(BLOCK)) {
+                block.copy_from_slice(&row[l * BLOCK..][..BLOCK]);
+            }
+        }
+    }
+}
+
 /// Seals `LANES` whole segments in place with AES-NI, each lane with its own IVs.
 #[target_feature(enable = "aes")]
 fn seal(
@@ -285,8 +433,11 @@ pub(super) fn open_segment(
     iv_out: [u8; 16],
     iv_in: [u8; 16],
 ) {
-    if outer.wide {
-        // SAFETY: `wide` is set only once VAES and AVX2 have been detected (`Keys::new`).
+    if outer.width == Width::Zmm {
+        // SAFETY: `Zmm` is set only once VAES and AVX-512F have been detected (`Keys::new`).
+        unsafe { open_zmm(outer, inner, seg, iv_out, iv_in) }
+    } else if outer.width == Width::Ymm {
+        // SAFETY: `Ymm` is set only once VAES and AVX2 have been detected (`Keys::new`).
         unsafe { open_wide(outer, inner, seg, iv_out, iv_in) }
     } else {
         // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
@@ -328,6 +479,48 @@ fn open_wide(outer: &Keys, inner: &Keys, seg: &mut [u8], iv_out: [u8; 16], iv_in
         }
     }
     open(
+        outer,
+        inner,
+        groups.into_remainder(),
+        from_reg(prev_out),
+        from_reg(prev_in),
+    );
+}
+
+/// [`open_wide`] on 512-bit registers: thirty-two blocks at a time, blocks `4j` to `4j + 3` in
+/// the quarters of register `j`; the rest of the segment (fewer than thirty-two blocks) takes
+/// [`open_wide`].
+#[target_feature(enable = "aes,avx512f,vaes")]
+fn open_zmm(outer: &Keys, inner: &Keys, seg: &mut [u8], iv_out: [u8; 16], iv_in: [u8; 16]) {
+    const BLOCKS: usize = 32;
+    let (outer_dec, inner_dec) = (widen4(&outer.dec), widen4(&inner.dec));
+    let mut prev_out = to_reg(iv_out);
+    let mut prev_in = to_reg(iv_in);
+    // Each block's chain value is the block before it: for register `j`, the last quarter of
+    // register `j - 1` (or `prev` for the first) and the first three of register `j`.
+    // `alignr::<6>(a, b)` is the last two 64-bit words of `b`, then the first six of `a`.
+    let chained = |x: &mut [__m512i; 8], before: &[__m512i; 8], prev: __m128i| {
+        x[0] = _mm512_xor_si512(
+            x[0],
+            _mm512_alignr_epi64::<6>(before[0], _mm512_broadcast_i32x4(prev)),
+        );
+        for j in 1..8 {
+            x[j] = _mm512_xor_si512(x[j], _mm512_alignr_epi64::<6>(before[j], before[j - 1]));
+        }
+        _mm512_extracti32x4_epi32::<3>(before[7])
+    };
+    let mut groups = seg.chunks_exact_mut(BLOCKS * BLOCK);
+    for group in &mut groups {
+        let sealed: [__m512i; 8] = std::array::from_fn(|j| load4(group, j));
+        let mut mid = rounds32!(outer_dec, sealed, "vaesdec", "vaesdeclast");
+        prev_out = chained(&mut mid, &sealed, prev_out);
+        let mut plain = rounds32!(inner_dec, mid, "vaesdec", "vaesdeclast");
+        prev_in = chained(&mut plain, &mid, prev_in);
+        for (j, p) in plain.iter().enumerate() {
+            store4(group, j, *p);
+        }
+    }
+    open_wide(
         outer,
         inner,
         groups.into_remainder(),
@@ -420,7 +613,7 @@ fn expand(key: &[u8; 32]) -> Keys {
     Keys {
         enc,
         dec,
-        wide: false,
+        width: Width::Xmm,
     }
 }
 
@@ -438,6 +631,33 @@ fn spread(a: __m128i) -> __m128i {
 #[target_feature(enable = "avx2,vaes")]
 fn widen(keys: &[__m128i; 15]) -> [__m256i; 15] {
     keys.map(|k| _mm256_broadcastsi128_si256(k))
+}
+
+/// Each round key in all four quarters of a 512-bit register, for [`rounds32`] and
+/// [`rounds16z`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn widen4(keys: &[__m128i; 15]) -> [__m512i; 15] {
+    keys.map(|k| _mm512_broadcast_i32x4(k))
+}
+
+/// Four blocks in the quarters of one 512-bit register, the first lowest.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn join4([a, b, c, d]: [__m128i; 4]) -> __m512i {
+    let v = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(a), b);
+    _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(v, c), d)
+}
+
+/// Blocks `4j` to `4j + 3` of `buf`.
+#[inline(always)]
+fn load4(buf: &[u8], j: usize) -> __m512i {
+    bytemuck::cast::<[u8; 64], __m512i>(buf[j * 4 * BLOCK..][..4 * BLOCK].try_into().unwrap())
+}
+
+#[inline(always)]
+fn store4(buf: &mut [u8], j: usize, b: __m512i) {
+    buf[j * 4 * BLOCK..][..4 * BLOCK].copy_from_slice(&bytemuck::cast::<__m512i, [u8; 64]>(b));
 }
 
 #[inline(always)]
@@ -507,34 +727,59 @@ mod tests {
             );
         }
     }
-    /// The VAES paths give the bytes of the AES-NI ones, sealing whole groups (sixteen lanes,
-    /// then eight) and opening groups of sixteen blocks with any rest.
+    /// The VAES paths, on 256-bit registers and on 512-bit ones where this CPU has them, give
+    /// the bytes of the AES-NI ones, sealing whole groups (sixteen lanes, then eight) and
+    /// opening segments of any number of blocks (the 512-bit path's groups of thirty-two, the
+    /// 256-bit one's of sixteen, and the rest).
     #[test]
     fn vaes_paths_equal_the_aes_ni_ones() {
         let (Some(outer), Some(inner)) = (Keys::new(&[3; 32]), Keys::new(&[5; 32])) else {
             eprintln!("no AES-NI on this CPU: nothing to compare");
             return;
         };
-        if !outer.wide {
+        let widths: Vec<Width> = [Width::Ymm, Width::Zmm]
+            .into_iter()
+            .filter(|w| *w <= outer.width())
+            .collect();
+        if widths.is_empty() {
             eprintln!("no VAES on this CPU: nothing to compare");
             return;
         }
-        let (outer_n, inner_n) = (outer.narrow(), inner.narrow());
+        let (outer_n, inner_n) = (outer.capped(Width::Xmm), inner.capped(Width::Xmm));
         let ivs = |s: usize| ([s as u8; 16], [!(s as u8); 16]);
-        for segments in [8, 16, 24, 40] {
-            let plain: Vec<u8> = (0..segments * SEGMENT).map(|i| (i * 7 + 3) as u8).collect();
-            let (mut wide, mut narrow) = (plain.clone(), plain.clone());
-            assert_eq!(seal_groups(&outer, &inner, &mut wide, ivs), segments);
-            assert_eq!(seal_groups(&outer_n, &inner_n, &mut narrow, ivs), segments);
-            assert_eq!(wide, narrow, "{segments} segments sealed");
-            assert_ne!(wide, plain);
-        }
-        for blocks in [1, 15, 16, 17, 31, 32, 40, SEGMENT / BLOCK] {
-            let sealed: Vec<u8> = (0..blocks * BLOCK).map(|i| (i * 31 + 1) as u8).collect();
-            let (mut wide, mut narrow) = (sealed.clone(), sealed.clone());
-            open_segment(&outer, &inner, &mut wide, [9; 16], [4; 16]);
-            open_segment(&outer_n, &inner_n, &mut narrow, [9; 16], [4; 16]);
-            assert_eq!(wide, narrow, "{blocks} blocks opened");
+        for width in widths {
+            let (outer_w, inner_w) = (outer.capped(width), inner.capped(width));
+            assert_eq!(outer_w.width(), width);
+            for segments in [8, 16, 24, 40] {
+                let plain: Vec<u8> = (0..segments * SEGMENT).map(|i| (i * 7 + 3) as u8).collect();
+                let (mut wide, mut narrow) = (plain.clone(), plain.clone());
+                assert_eq!(seal_groups(&outer_w, &inner_w, &mut wide, ivs), segments);
+                assert_eq!(seal_groups(&outer_n, &inner_n, &mut narrow, ivs), segments);
+                assert_eq!(wide, narrow, "{width:?}: {segments} segments sealed");
+                assert_ne!(wide, plain);
+            }
+            for blocks in [
+                1,
+                15,
+                16,
+                17,
+                31,
+                32,
+                33,
+                47,
+                48,
+                63,
+                64,
+                65,
+                100,
+                SEGMENT / BLOCK,
+            ] {
+                let sealed: Vec<u8> = (0..blocks * BLOCK).map(|i| (i * 31 + 1) as u8).collect();
+                let (mut wide, mut narrow) = (sealed.clone(), sealed.clone());
+                open_segment(&outer_w, &inner_w, &mut wide, [9; 16], [4; 16]);
+                open_segment(&outer_n, &inner_n, &mut narrow, [9; 16], [4; 16]);
+                assert_eq!(wide, narrow, "{width:?}: {blocks} blocks opened");
+            }
         }
     }
 }
