@@ -23,8 +23,8 @@
 //! Round 10's CPU (an AMD EPYC of family 26) runs an AES instruction on a 512-bit register at
 //! the cost of one on a 256-bit register (rounds alone: 17 GB/s on eight 256-bit registers, 33
 //! on eight 512-bit ones, one layer), so where VAES and AVX-512F are detected, [`rounds32`] and
-//! [`rounds16z`] take four blocks per register: in memory, opening went from 7.2-7.3 to 13.9-14.4
-//! GB/s and sealing from 6.0-6.1 to 8.7-9.0. A CPU that splits a 512-bit AES instruction into
+//! [`rounds16z`] take four blocks per register: in memory, opening went from 7.4-7.6 to 14.2-14.8
+//! GB/s and sealing from 6.1-6.2 to 8.6-9.0. A CPU that splits a 512-bit AES instruction into
 //! two 256-bit halves should do no worse on the widest registers than on 256-bit ones; no such
 //! CPU was at hand to measure.
 //!
@@ -344,7 +344,7 @@ fn seal_wide(
 /// The tile is transposed: its row `r` holds block `r` of each lane, in lane order, so that a
 /// register is one 64-byte load and one store. Gathering a register from four lanes' rows
 /// instead (inserts and extracts, which share the AES units' ports) sealed at 7.2-7.3 GB/s,
-/// the transposed tile at 8.1-8.5 with sixteen rows and 8.7-9.0 with sixty-four; more rows
+/// the transposed tile at 8.1-8.5 with sixteen rows and 8.6-9.0 with sixty-four; more rows
 /// were slower (8.0-8.1 with 128), as the tile outgrew the L1 cache (BENCHMARKS.md, round 10).
 #[target_feature(enable = "aes,avx512f,vaes")]
 fn seal_zmm(
