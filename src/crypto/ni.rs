@@ -29,8 +29,8 @@
 //! CPU was at hand to measure.
 //!
 //! `unsafe` is needed for two things: calling the `#[target_feature]` functions, which is sound
-//! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says which of
-//! VAES with AVX2 and VAES with AVX-512F have been too; and the assembly, which reads only the
+//! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says whether
+//! VAES with AVX2, and AVX-512F besides, have been too; and the assembly, which reads only the
 //! round keys. Blocks move between bytes and registers through `bytemuck` (its `avx512_simd`
 //! feature for the 512-bit ones), without `unsafe`. Tests check the keys against the `aes`
 //! crate, every register width the CPU has against the narrowest, and sealing and opening
@@ -187,15 +187,15 @@ macro_rules! rounds16z {
     };
 }
 
-/// The widest registers this CPU's AES instructions take: found once, with the keys, and
-/// ordered, so that a test can cap it ([`Keys::capped`]).
+/// The widest registers this CPU's AES instructions take: found with the keys, and ordered,
+/// so that a test can cap it ([`Keys::capped`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Width {
     /// AES-NI alone: a block per 128-bit register ([`rounds8`]).
     Xmm,
     /// VAES and AVX2: two blocks per 256-bit register ([`rounds16`]).
     Ymm,
-    /// VAES and AVX-512F: four blocks per 512-bit register ([`rounds32`], [`rounds16z`]).
+    /// VAES, AVX2 and AVX-512F: four blocks per 512-bit register ([`rounds32`], [`rounds16z`]).
     Zmm,
 }
 
@@ -216,10 +216,13 @@ impl Keys {
         }
         // SAFETY: AES-NI is present, checked just above.
         let mut keys = unsafe { expand(key) };
-        let vaes = std::arch::is_x86_feature_detected!("vaes");
+        // The 512-bit paths fall back on the 256-bit ones for a segment's rest, so they need
+        // AVX2 too.
+        let vaes = std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("avx2");
         keys.width = if vaes && std::arch::is_x86_feature_detected!("avx512f") {
             Width::Zmm
-        } else if vaes && std::arch::is_x86_feature_detected!("avx2") {
+        } else if vaes {
             Width::Ymm
         } else {
             Width::Xmm
@@ -264,7 +267,7 @@ pub(super) fn seal_groups(
             let (mut iv_in, mut iv_out) = ([[0; 16]; WIDE], [[0; 16]; WIDE]);
             lane_ivs(done, &mut iv_in, &mut iv_out);
             if outer.width == Width::Zmm {
-                // SAFETY: `Zmm` is set only once VAES and AVX-512F have been detected.
+                // SAFETY: `Zmm` is set only once VAES, AVX2 and AVX-512F have been detected.
                 unsafe { seal_zmm(outer, inner, group, iv_in, iv_out) };
             } else {
                 // SAFETY: `Ymm` is set only once VAES and AVX2 have been detected.
@@ -434,7 +437,7 @@ pub(super) fn open_segment(
     iv_in: [u8; 16],
 ) {
     if outer.width == Width::Zmm {
-        // SAFETY: `Zmm` is set only once VAES and AVX-512F have been detected (`Keys::new`).
+        // SAFETY: `Zmm` is set only once VAES, AVX2 and AVX-512F have been detected.
         unsafe { open_zmm(outer, inner, seg, iv_out, iv_in) }
     } else if outer.width == Width::Ymm {
         // SAFETY: `Ymm` is set only once VAES and AVX2 have been detected (`Keys::new`).
