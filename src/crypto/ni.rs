@@ -346,9 +346,10 @@ fn seal_wide(
 ///
 /// The tile is transposed: its row `r` holds block `r` of each lane, in lane order, so that a
 /// register is one 64-byte load and one store. Gathering a register from four lanes' rows
-/// instead (inserts and extracts, which share the AES units' ports) sealed at 7.2-7.3 GB/s,
-/// the transposed tile at 8.1-8.5 with sixteen rows and 8.6-9.0 with sixty-four; more rows
-/// were slower (8.0-8.1 with 128), as the tile outgrew the L1 cache (BENCHMARKS.md, round 10).
+/// instead (inserts and extracts, which likely compete with the AES instructions for the vector
+/// units) sealed at 7.2-7.3 GB/s, the transposed tile at 8.1-8.5 with sixteen rows and 8.6-9.0
+/// with sixty-four; more rows were slower (8.0-8.1 with 128 rows, 32 KiB of the 48 KiB L1
+/// cache; 5.4 with 256), BENCHMARKS.md, round 10.
 #[target_feature(enable = "aes,avx512f,vaes")]
 fn seal_zmm(
     outer: &Keys,
