@@ -503,11 +503,11 @@ fn land(app: &App, written: Written, upload_id: &str, d: &Declared) -> Result<Co
 /// of a fast upload's server CPU in alternating sets, BENCHMARKS.md round 9). The last batch
 /// goes to the page cache like the others, the region needs no sync, and the row commits here
 /// if the index is free ([`Index::try_commit_chunk`](crate::store::Index::try_commit_chunk)
-/// syncs nothing, and leaves the checkpoints, which sync, to a blocking thread). The commit is timed like a write: the log
-/// goes through the same page cache. Whatever may wait goes to a blocking thread: the commit if
-/// the index is busy, a failure (its check reads the index), a completion (it trims the data
-/// file, and an overwrite removes the old content's), and a chunk another request stored first
-/// (its region is given back).
+/// syncs nothing, and leaves the checkpoints, which sync, to a blocking thread). The commit is
+/// timed like a write: the log goes through the same page cache. Whatever may wait goes to a
+/// blocking thread: the commit if the index is busy, a failure (its check reads the index), a
+/// completion (it trims the data file, and an overwrite removes the old content's), and a chunk
+/// another request stored first (its region is given back).
 async fn land_here(
     app: &Arc<App>,
     written: Written,

@@ -437,16 +437,37 @@ pub(super) fn open_segment(
     iv_out: [u8; 16],
     iv_in: [u8; 16],
 ) {
-    if outer.width == Width::Zmm {
+    match outer.width {
         // SAFETY: `Zmm` is set only once VAES, AVX2 and AVX-512F have been detected.
-        unsafe { open_zmm(outer, inner, seg, iv_out, iv_in) }
-    } else if outer.width == Width::Ymm {
+        Width::Zmm => unsafe { open_zmm(outer, inner, seg, iv_out, iv_in) },
         // SAFETY: `Ymm` is set only once VAES and AVX2 have been detected (`Keys::new`).
-        unsafe { open_wide(outer, inner, seg, iv_out, iv_in) }
-    } else {
+        Width::Ymm => unsafe { open_wide(outer, inner, seg, iv_out, iv_in) },
         // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
-        unsafe { open(outer, inner, seg, iv_out, iv_in) }
+        Width::Xmm => unsafe { open(outer, inner, seg, iv_out, iv_in) },
     }
+}
+
+/// The loop of [`open_wide`] and [`open_zmm`]: opens `$seg` in place, `$blocks` blocks at a
+/// time in eight registers (`$load` and `$store` move register `j`'s blocks, `$rounds` is the
+/// width's rounds, `$chained` XORs each block with the one before it and returns the last),
+/// carrying both layers' chains in `$prev_out` and `$prev_in`. Returns the rest of the
+/// segment, fewer than `$blocks` blocks, for the next narrower path.
+macro_rules! open_groups {
+    ($seg:expr, $blocks:expr, $load:ident, $store:ident, $rounds:ident, $outer:expr, $inner:expr,
+     $chained:expr, $prev_out:ident, $prev_in:ident) => {{
+        let mut groups = $seg.chunks_exact_mut($blocks * BLOCK);
+        for group in &mut groups {
+            let sealed = std::array::from_fn(|j| $load(group, j));
+            let mut mid = $rounds!($outer, sealed, "vaesdec", "vaesdeclast");
+            $prev_out = $chained(&mut mid, &sealed, $prev_out);
+            let mut plain = $rounds!($inner, mid, "vaesdec", "vaesdeclast");
+            $prev_in = $chained(&mut plain, &mid, $prev_in);
+            for (j, p) in plain.iter().enumerate() {
+                $store(group, j, *p);
+            }
+        }
+        groups.into_remainder()
+    }};
 }
 
 /// [`open`] with VAES: sixteen blocks at a time, blocks `2j` and `2j + 1` in the two halves
@@ -471,24 +492,10 @@ fn open_wide(outer: &Keys, inner: &Keys, seg: &mut [u8], iv_out: [u8; 16], iv_in
         }
         _mm256_extracti128_si256::<1>(before[7])
     };
-    let mut groups = seg.chunks_exact_mut(WIDE * BLOCK);
-    for group in &mut groups {
-        let sealed: [__m256i; 8] = std::array::from_fn(|j| load2(group, j));
-        let mut mid = rounds16!(outer_dec, sealed, "vaesdec", "vaesdeclast");
-        prev_out = chained(&mut mid, &sealed, prev_out);
-        let mut plain = rounds16!(inner_dec, mid, "vaesdec", "vaesdeclast");
-        prev_in = chained(&mut plain, &mid, prev_in);
-        for (j, p) in plain.iter().enumerate() {
-            store2(group, j, *p);
-        }
-    }
-    open(
-        outer,
-        inner,
-        groups.into_remainder(),
-        from_reg(prev_out),
-        from_reg(prev_in),
+    let rest = open_groups!(
+        seg, WIDE, load2, store2, rounds16, outer_dec, inner_dec, chained, prev_out, prev_in
     );
+    open(outer, inner, rest, from_reg(prev_out), from_reg(prev_in));
 }
 
 /// [`open_wide`] on 512-bit registers: thirty-two blocks at a time, blocks `4j` to `4j + 3` in
@@ -513,24 +520,10 @@ fn open_zmm(outer: &Keys, inner: &Keys, seg: &mut [u8], iv_out: [u8; 16], iv_in:
         }
         _mm512_extracti32x4_epi32::<3>(before[7])
     };
-    let mut groups = seg.chunks_exact_mut(BLOCKS * BLOCK);
-    for group in &mut groups {
-        let sealed: [__m512i; 8] = std::array::from_fn(|j| load4(group, j));
-        let mut mid = rounds32!(outer_dec, sealed, "vaesdec", "vaesdeclast");
-        prev_out = chained(&mut mid, &sealed, prev_out);
-        let mut plain = rounds32!(inner_dec, mid, "vaesdec", "vaesdeclast");
-        prev_in = chained(&mut plain, &mid, prev_in);
-        for (j, p) in plain.iter().enumerate() {
-            store4(group, j, *p);
-        }
-    }
-    open_wide(
-        outer,
-        inner,
-        groups.into_remainder(),
-        from_reg(prev_out),
-        from_reg(prev_in),
+    let rest = open_groups!(
+        seg, BLOCKS, load4, store4, rounds32, outer_dec, inner_dec, chained, prev_out, prev_in
     );
+    open_wide(outer, inner, rest, from_reg(prev_out), from_reg(prev_in));
 }
 
 #[target_feature(enable = "aes")]
