@@ -63,6 +63,19 @@ pub fn seal_rate(time: Duration) -> f64 {
     })
 }
 
+/// Bytes sealed per call by [`seal_small_rate`]: a small file, or the last batch of a chunk
+/// that is not a whole number of batches (six whole segments and 1,696 bytes).
+pub const SMALL: usize = 100_000;
+
+/// Two-layer sealing through `chunkd::crypto`, one thread, [`SMALL`] bytes per call.
+pub fn seal_small_rate(time: Duration) -> f64 {
+    let fc = file_cipher();
+    let mut buf = vec![7u8; SMALL * 10];
+    rate(time, &mut buf, SMALL, |seg, p| {
+        fc.seal_segments(1, 1, seg, std::hint::black_box(p))
+    })
+}
+
 /// Two-layer sealing through `chunkd::crypto` on `threads` threads at once: the sum.
 pub fn seal_rate_threads(time: Duration, threads: usize) -> f64 {
     std::thread::scope(|s| {
