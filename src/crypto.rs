@@ -297,7 +297,8 @@ impl FileCipher {
     /// the crate detected at run time (AES-NI here), with no dispatch per block.
     ///
     /// With AES-NI, every whole group of segments (sixteen with VAES, then `LANES`) is sealed
-    /// by `ni::seal_groups`, in the same lockstep; the rest takes this path.
+    /// by `ni::seal_groups`, and the rest by `ni::seal_rest`, in the same lockstep; without
+    /// it, all of them take this path.
     pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
         assert!(
             buf.len().is_multiple_of(BLOCK),
@@ -307,8 +308,9 @@ impl FileCipher {
         if let Some((outer, inner)) = &self.ni {
             let ivs = |s: usize| self.segment_ivs(nonce, chunk, first + s as u32);
             let sealed = ni::seal_groups(outer, inner, buf, ivs);
-            let rest = &mut buf[sealed * SEGMENT..];
-            self.seal_portable(nonce, chunk, first + sealed as u32, rest);
+            ni::seal_rest(outer, inner, &mut buf[sealed * SEGMENT..], |s| {
+                ivs(sealed + s)
+            });
             return;
         }
         self.seal_portable(nonce, chunk, first, buf);
@@ -632,6 +634,13 @@ mod tests {
             SEGMENT,
             3 * SEGMENT + 5,
             9 * SEGMENT + 100,
+            2 * SEGMENT,
+            4 * SEGMENT - 16,
+            5 * SEGMENT + 31,
+            6 * SEGMENT + 1696,
+            7 * SEGMENT,
+            8 * SEGMENT - 1,
+            15 * SEGMENT + 200,
             16 * SEGMENT,
             25 * SEGMENT + 48,
             33 * SEGMENT + 48,
