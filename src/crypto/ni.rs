@@ -267,9 +267,9 @@ impl Keys {
 
 /// Seals, in place, the leading whole groups of segments of `buf`, both layers, in the
 /// lockstep of `FileCipher::seal_segments`: block `r` of every lane of a group through the inner
-/// layer, then through the outer one. A group is [`WIDE`] segments with VAES, then
-/// `LANES`. `ivs(s)` gives segment `s`'s inner and outer IVs. Returns how many segments it
-/// sealed; the caller seals the rest.
+/// layer, then through the outer one. A group is [`WIDE`] segments with VAES, then, below
+/// 512-bit registers, `LANES`. `ivs(s)` gives segment `s`'s inner and outer IVs. Returns how
+/// many segments it sealed; [`seal_rest`] seals the rest.
 pub(super) fn seal_groups(
     outer: &Keys,
     inner: &Keys,
@@ -296,6 +296,10 @@ pub(super) fn seal_groups(
             done += WIDE;
         }
     }
+    if outer.width == Width::Zmm {
+        // Fewer than sixteen left: `seal_rest` takes them on 512-bit registers.
+        return done;
+    }
     for group in buf[done * SEGMENT..].chunks_exact_mut(LANES * SEGMENT) {
         let (mut iv_in, mut iv_out) = ([[0; 16]; LANES], [[0; 16]; LANES]);
         lane_ivs(done, &mut iv_in, &mut iv_out);
@@ -306,15 +310,18 @@ pub(super) fn seal_groups(
     done
 }
 
-/// Seals, in place, what [`seal_groups`] leaves of a buffer: fewer than [`LANES`] whole
-/// segments and a shorter last one, a lane each, in the same lockstep (`ivs(l)` gives lane
-/// `l`'s IVs). Small files and the last batch of most chunks end this way. Through the `aes`
-/// crate, calls of 100 kB (six whole segments and a part) sealed at 1.8-2.1 GB/s per core
-/// against 7.6-8.3 for whole batches (BENCHMARKS.md, round 11).
+/// Seals, in place, what [`seal_groups`] leaves of a buffer: fewer whole segments than a group
+/// and a shorter last one, a lane each, in the same lockstep (`ivs(l)` gives lane `l`'s IVs).
+/// Small files and the last batch of most chunks end this way. Through the `aes` crate, calls
+/// of 100 kB (six whole segments and a part) sealed at 1.6-2.3 GB/s per core, against 7.6-8.6
+/// for whole batches; on 128-bit registers here at 2.7-2.8, on 512-bit ones at 4.9-5.6
+/// (BENCHMARKS.md, round 11).
 ///
 /// A lane that is absent, or has ended, runs on zeros and is not stored. With few lanes the
 /// rounds wait on each other's latency, not on the AES units, so the registers are as many as
-/// the lanes need: two, four or eight.
+/// the lanes need: two, four or eight 128-bit ones, or one, two or four 512-bit ones of four
+/// lanes each (up to sixteen lanes: with 512-bit registers `seal_groups` leaves fewer than
+/// sixteen whole segments, below them fewer than `LANES`).
 pub(super) fn seal_rest(
     outer: &Keys,
     inner: &Keys,
@@ -322,15 +329,33 @@ pub(super) fn seal_rest(
     mut ivs: impl FnMut(usize) -> ([u8; 16], [u8; 16]),
 ) {
     let lanes = rest.len().div_ceil(SEGMENT);
-    assert!(lanes <= LANES, "seal_groups took every whole group");
+    let zmm = outer.width == Width::Zmm;
+    assert!(
+        lanes <= if zmm { WIDE } else { LANES },
+        "seal_groups took every whole group"
+    );
     assert!(
         rest.len().is_multiple_of(BLOCK),
         "sealed data is whole blocks"
     );
-    let (mut iv_in, mut iv_out) = ([[0; 16]; LANES], [[0; 16]; LANES]);
+    let (mut iv_in, mut iv_out) = ([[0; 16]; WIDE], [[0; 16]; WIDE]);
     for l in 0..lanes {
         (iv_in[l], iv_out[l]) = ivs(l);
     }
+    if zmm {
+        // SAFETY: `Zmm` is set only once VAES, AVX2 and AVX-512F have been detected.
+        unsafe {
+            match lanes {
+                0 => {}
+                1..=4 => seal_rest_z1(outer, inner, rest, iv_in, iv_out),
+                5..=8 => seal_rest_z2(outer, inner, rest, iv_in, iv_out),
+                _ => seal_rest_z4(outer, inner, rest, iv_in, iv_out),
+            }
+        }
+        return;
+    }
+    let iv_in: [[u8; 16]; LANES] = iv_in[..LANES].try_into().unwrap();
+    let iv_out: [[u8; 16]; LANES] = iv_out[..LANES].try_into().unwrap();
     // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
     unsafe {
         match lanes {
@@ -386,6 +411,65 @@ macro_rules! seal_rest_on {
 seal_rest_on!(seal_rest2, [b0, b1]);
 seal_rest_on!(seal_rest4, [b0, b1, b2, b3]);
 seal_rest_on!(seal_rest8, [b0, b1, b2, b3, b4, b5, b6, b7]);
+
+/// [`seal_rest_on`] on the 512-bit registers named in `[...]`, four lanes to a register (lanes
+/// `4m` to `4m + 3` in register `m`, as in [`seal_zmm`]), gathered and scattered a block at a
+/// time: up to sixteen lanes.
+macro_rules! seal_rest_zmm_on {
+    ($name:ident, [$($b:ident),+]) => {
+        #[target_feature(enable = "aes,avx512f,vaes")]
+        fn $name(
+            outer: &Keys,
+            inner: &Keys,
+            rest: &mut [u8],
+            iv_in: [[u8; 16]; WIDE],
+            iv_out: [[u8; 16]; WIDE],
+        ) {
+            const R: usize = [$(stringify!($b)),+].len();
+            const ROWS: usize = SEGMENT / BLOCK;
+            let blocks = rest.len() / BLOCK;
+            let len: [usize; WIDE] =
+                std::array::from_fn(|l| blocks.saturating_sub(l * ROWS).min(ROWS));
+            let (inner_enc, outer_enc) = (widen4(&inner.enc), widen4(&outer.enc));
+            let quad = |ivs: &[[u8; 16]; WIDE], m: usize| {
+                join4(std::array::from_fn(|q| to_reg(ivs[4 * m + q])))
+            };
+            let mut prev_in: [__m512i; R] = std::array::from_fn(|m| quad(&iv_in, m));
+            let mut prev_out: [__m512i; R] = std::array::from_fn(|m| quad(&iv_out, m));
+            let zero = to_reg([0; 16]);
+            for r in 0..len[0] {
+                let mut x = prev_in;
+                for (m, b) in x.iter_mut().enumerate() {
+                    let plain = join4(std::array::from_fn(|q| {
+                        let l = 4 * m + q;
+                        if r < len[l] { load(rest, l * ROWS + r) } else { zero }
+                    }));
+                    *b = _mm512_xor_si512(plain, *b);
+                }
+                prev_in = rounds!(inner_enc, x, [$($b),+], __m512i, zmm_reg, "64", "vmovdqu64",
+                    "vpxorq", "vaesenc", "vaesenclast", "\\b, \\b, {t}");
+                for ((b, i), o) in x.iter_mut().zip(prev_in).zip(prev_out) {
+                    *b = _mm512_xor_si512(i, o);
+                }
+                prev_out = rounds!(outer_enc, x, [$($b),+], __m512i, zmm_reg, "64", "vmovdqu64",
+                    "vpxorq", "vaesenc", "vaesenclast", "\\b, \\b, {t}");
+                for (m, b) in prev_out.iter().enumerate() {
+                    let sealed: [u8; 4 * BLOCK] = bytemuck::cast(*b);
+                    for (q, block) in sealed.chunks_exact(BLOCK).enumerate() {
+                        let l = 4 * m + q;
+                        if r < len[l] {
+                            rest[(l * ROWS + r) * BLOCK..][..BLOCK].copy_from_slice(block);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+seal_rest_zmm_on!(seal_rest_z1, [b0]);
+seal_rest_zmm_on!(seal_rest_z2, [b0, b1]);
+seal_rest_zmm_on!(seal_rest_z4, [b0, b1, b2, b3]);
 
 /// [`seal`] with VAES: sixteen lanes, lanes `2m` and `2m + 1` in the two halves of register
 /// `m`.
@@ -848,12 +932,21 @@ mod tests {
         for width in widths {
             let (outer_w, inner_w) = (outer.capped(width), inner.capped(width));
             assert_eq!(outer_w.width(), width);
-            for segments in [8, 16, 24, 40] {
-                let plain: Vec<u8> = (0..segments * SEGMENT).map(|i| (i * 7 + 3) as u8).collect();
+            // Whole groups, and what is left after them: every count of lanes up to sixteen,
+            // with and without a short last one.
+            let seal_all = |outer: &Keys, inner: &Keys, buf: &mut [u8]| {
+                let n = seal_groups(outer, inner, buf, ivs);
+                seal_rest(outer, inner, &mut buf[n * SEGMENT..], |s| ivs(n + s));
+            };
+            let lens = (1..=17)
+                .flat_map(|segments| [segments * SEGMENT, segments * SEGMENT - 16 * 37])
+                .chain([16, 24 * SEGMENT, 40 * SEGMENT, 41 * SEGMENT + 160]);
+            for len in lens {
+                let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
                 let (mut wide, mut narrow) = (plain.clone(), plain.clone());
-                assert_eq!(seal_groups(&outer_w, &inner_w, &mut wide, ivs), segments);
-                assert_eq!(seal_groups(&outer_n, &inner_n, &mut narrow, ivs), segments);
-                assert_eq!(wide, narrow, "{width:?}: {segments} segments sealed");
+                seal_all(&outer_w, &inner_w, &mut wide);
+                seal_all(&outer_n, &inner_n, &mut narrow);
+                assert_eq!(wide, narrow, "{width:?}: {len} bytes sealed");
                 assert_ne!(wide, plain);
             }
             for blocks in [
