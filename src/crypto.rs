@@ -296,9 +296,9 @@ impl FileCipher {
     /// inside the `aes` crate's backend closures, so it is compiled with the AES instructions
     /// the crate detected at run time (AES-NI here), with no dispatch per block.
     ///
-    /// With AES-NI, every whole group of segments (sixteen with VAES, then `LANES`) is sealed
-    /// by `ni::seal_groups`, and the rest by `ni::seal_rest`, in the same lockstep; without
-    /// it, all of them take this path.
+    /// With AES-NI, every whole group of segments (sixteen with VAES, then, below 512-bit
+    /// registers, `LANES`) is sealed by `ni::seal_groups`, and the rest by `ni::seal_rest`, in
+    /// the same lockstep; without AES-NI, all of them take this path.
     pub fn seal_segments(&self, nonce: u64, chunk: u32, first: u32, buf: &mut [u8]) {
         assert!(
             buf.len().is_multiple_of(BLOCK),

@@ -28,6 +28,10 @@
 //! two 256-bit halves should do no worse on the widest registers than on 256-bit ones; no such
 //! CPU was at hand to measure.
 //!
+//! What the groups of segments leave of a call (a small file, a chunk's last batch) is sealed
+//! the same way, on as many registers as its lanes need ([`seal_rest`], round 11), instead of
+//! through the `aes` crate.
+//!
 //! `unsafe` is needed for two things: calling the `#[target_feature]` functions, which is sound
 //! because a [`Keys`] exists only once AES-NI has been detected on this CPU, and says whether
 //! VAES with AVX2, and AVX-512F besides, have been too; and the assembly, which reads only the
