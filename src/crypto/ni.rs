@@ -109,24 +109,18 @@ macro_rules! rounds {
 /// AES-NI is enabled.
 macro_rules! rounds8 {
     ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
-        rounds!(
+        rounds_xmm!(
             $keys,
             $blocks,
             [b0, b1, b2, b3, b4, b5, b6, b7],
-            __m128i,
-            xmm_reg,
-            "16",
-            "movdqu",
-            "pxor",
             $round,
-            $last,
-            "\\b, {t}"
+            $last
         )
     };
 }
 
-/// [`rounds8`]'s rounds on the registers named in `[...]`: two or four for [`seal_rest`]'s
-/// few lanes.
+/// [`rounds`] on the 128-bit registers named in `[...]`, with AES-NI: eight for [`rounds8`],
+/// two or four for [`seal_rest`]'s few lanes.
 macro_rules! rounds_xmm {
     ($keys:expr, $blocks:expr, [$($b:ident),+], $round:literal, $last:literal) => {
         rounds!(
@@ -176,18 +170,12 @@ macro_rules! rounds16 {
 /// registers, 17 on eight 256-bit ones, one layer; BENCHMARKS.md, round 10).
 macro_rules! rounds32 {
     ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
-        rounds!(
+        rounds_zmm!(
             $keys,
             $blocks,
             [b0, b1, b2, b3, b4, b5, b6, b7],
-            __m512i,
-            zmm_reg,
-            "64",
-            "vmovdqu64",
-            "vpxorq",
             $round,
-            $last,
-            "\\b, \\b, {t}"
+            $last
         )
     };
 }
@@ -195,10 +183,18 @@ macro_rules! rounds32 {
 /// [`rounds32`]'s rounds on four registers: see there.
 macro_rules! rounds16z {
     ($keys:expr, $blocks:expr, $round:literal, $last:literal) => {
+        rounds_zmm!($keys, $blocks, [b0, b1, b2, b3], $round, $last)
+    };
+}
+
+/// [`rounds`] on the 512-bit registers named in `[...]`, with VAES and AVX-512F: eight for
+/// [`rounds32`], four for [`rounds16z`], one, two or four for [`seal_rest`].
+macro_rules! rounds_zmm {
+    ($keys:expr, $blocks:expr, [$($b:ident),+], $round:literal, $last:literal) => {
         rounds!(
             $keys,
             $blocks,
-            [b0, b1, b2, b3],
+            [$($b),+],
             __m512i,
             zmm_reg,
             "64",
@@ -358,8 +354,6 @@ pub(super) fn seal_rest(
         }
         return;
     }
-    let iv_in: [[u8; 16]; LANES] = iv_in[..LANES].try_into().unwrap();
-    let iv_out: [[u8; 16]; LANES] = iv_out[..LANES].try_into().unwrap();
     // SAFETY: a `Keys` exists only once AES-NI has been detected (`Keys::new`).
     unsafe {
         match lanes {
@@ -371,57 +365,16 @@ pub(super) fn seal_rest(
     }
 }
 
-/// Defines [`seal_rest`]'s loop on the 128-bit registers named in `[...]`, one lane each.
+/// Defines [`seal_rest`]'s loop once per `name: [...]`, on the registers named, `$per` lanes
+/// to a register (lanes `$per * m` to `$per * m + $per - 1` in register `m`, as in
+/// [`seal_zmm`]), gathered with `$join` and scattered a block at a time. `$reg` is the
+/// register type, `$features` the CPU features the loop needs, `$widen` puts a round key in
+/// every block of a register, `$xor` XORs two registers, and `$rounds!` runs the rounds,
+/// `$round` and `$last`.
 macro_rules! seal_rest_on {
-    ($name:ident, [$($b:ident),+]) => {
-        #[target_feature(enable = "aes")]
-        fn $name(
-            outer: &Keys,
-            inner: &Keys,
-            rest: &mut [u8],
-            iv_in: [[u8; 16]; LANES],
-            iv_out: [[u8; 16]; LANES],
-        ) {
-            const R: usize = [$(stringify!($b)),+].len();
-            const ROWS: usize = SEGMENT / BLOCK;
-            let blocks = rest.len() / BLOCK;
-            // Lane `l`'s length in blocks: every lane but the last is a whole segment, so
-            // lane 0 is the longest.
-            let len: [usize; R] = std::array::from_fn(|l| blocks.saturating_sub(l * ROWS).min(ROWS));
-            let zero = to_reg([0; 16]);
-            let mut prev_in: [__m128i; R] = std::array::from_fn(|l| to_reg(iv_in[l]));
-            let mut prev_out: [__m128i; R] = std::array::from_fn(|l| to_reg(iv_out[l]));
-            for r in 0..len[0] {
-                let mut x = prev_in;
-                for (l, b) in x.iter_mut().enumerate() {
-                    let plain = if r < len[l] { load(rest, l * ROWS + r) } else { zero };
-                    *b = _mm_xor_si128(plain, *b);
-                }
-                prev_in = rounds_xmm!(inner.enc, x, [$($b),+], "aesenc", "aesenclast");
-                for ((b, i), o) in x.iter_mut().zip(prev_in).zip(prev_out) {
-                    *b = _mm_xor_si128(i, o);
-                }
-                prev_out = rounds_xmm!(outer.enc, x, [$($b),+], "aesenc", "aesenclast");
-                for (l, b) in prev_out.iter().enumerate() {
-                    if r < len[l] {
-                        store(rest, l * ROWS + r, *b);
-                    }
-                }
-            }
-        }
-    };
-}
-
-seal_rest_on!(seal_rest2, [b0, b1]);
-seal_rest_on!(seal_rest4, [b0, b1, b2, b3]);
-seal_rest_on!(seal_rest8, [b0, b1, b2, b3, b4, b5, b6, b7]);
-
-/// [`seal_rest_on`] on the 512-bit registers named in `[...]`, four lanes to a register (lanes
-/// `4m` to `4m + 3` in register `m`, as in [`seal_zmm`]), gathered and scattered a block at a
-/// time: up to sixteen lanes.
-macro_rules! seal_rest_zmm_on {
-    ($name:ident, [$($b:ident),+]) => {
-        #[target_feature(enable = "aes,avx512f,vaes")]
+    ($features:literal, $reg:ty, $per:literal, $widen:ident, $join:ident, $xor:ident,
+     $rounds:ident, $round:literal, $last:literal, $($name:ident: [$($b:ident),+]),+) => {$(
+        #[target_feature(enable = $features)]
         fn $name(
             outer: &Keys,
             inner: &Keys,
@@ -432,35 +385,36 @@ macro_rules! seal_rest_zmm_on {
             const R: usize = [$(stringify!($b)),+].len();
             const ROWS: usize = SEGMENT / BLOCK;
             let blocks = rest.len() / BLOCK;
+            // Lane `l`'s length in blocks: every lane but the last is a whole segment, so
+            // lane 0 is the longest.
             let len: [usize; WIDE] =
                 std::array::from_fn(|l| blocks.saturating_sub(l * ROWS).min(ROWS));
-            let (inner_enc, outer_enc) = (widen4(&inner.enc), widen4(&outer.enc));
-            let quad = |ivs: &[[u8; 16]; WIDE], m: usize| {
-                join4(std::array::from_fn(|q| to_reg(ivs[4 * m + q])))
+            let (inner_enc, outer_enc) = ($widen(&inner.enc), $widen(&outer.enc));
+            // Register `m` of IVs: lanes `$per * m` on.
+            let ivs = |iv: &[[u8; 16]; WIDE], m: usize| {
+                $join(std::array::from_fn(|q| to_reg(iv[$per * m + q])))
             };
-            let mut prev_in: [__m512i; R] = std::array::from_fn(|m| quad(&iv_in, m));
-            let mut prev_out: [__m512i; R] = std::array::from_fn(|m| quad(&iv_out, m));
+            let mut prev_in: [$reg; R] = std::array::from_fn(|m| ivs(&iv_in, m));
+            let mut prev_out: [$reg; R] = std::array::from_fn(|m| ivs(&iv_out, m));
             let zero = to_reg([0; 16]);
             for r in 0..len[0] {
                 let mut x = prev_in;
                 for (m, b) in x.iter_mut().enumerate() {
-                    let plain = join4(std::array::from_fn(|q| {
-                        let l = 4 * m + q;
+                    let plain = $join(std::array::from_fn(|q| {
+                        let l = $per * m + q;
                         if r < len[l] { load(rest, l * ROWS + r) } else { zero }
                     }));
-                    *b = _mm512_xor_si512(plain, *b);
+                    *b = $xor(plain, *b);
                 }
-                prev_in = rounds!(inner_enc, x, [$($b),+], __m512i, zmm_reg, "64", "vmovdqu64",
-                    "vpxorq", "vaesenc", "vaesenclast", "\\b, \\b, {t}");
+                prev_in = $rounds!(inner_enc, x, [$($b),+], $round, $last);
                 for ((b, i), o) in x.iter_mut().zip(prev_in).zip(prev_out) {
-                    *b = _mm512_xor_si512(i, o);
+                    *b = $xor(i, o);
                 }
-                prev_out = rounds!(outer_enc, x, [$($b),+], __m512i, zmm_reg, "64", "vmovdqu64",
-                    "vpxorq", "vaesenc", "vaesenclast", "\\b, \\b, {t}");
+                prev_out = $rounds!(outer_enc, x, [$($b),+], $round, $last);
                 for (m, b) in prev_out.iter().enumerate() {
-                    let sealed: [u8; 4 * BLOCK] = bytemuck::cast(*b);
+                    let sealed: [u8; $per * BLOCK] = bytemuck::cast(*b);
                     for (q, block) in sealed.chunks_exact(BLOCK).enumerate() {
-                        let l = 4 * m + q;
+                        let l = $per * m + q;
                         if r < len[l] {
                             rest[(l * ROWS + r) * BLOCK..][..BLOCK].copy_from_slice(block);
                         }
@@ -468,12 +422,15 @@ macro_rules! seal_rest_zmm_on {
                 }
             }
         }
-    };
+    )+};
 }
 
-seal_rest_zmm_on!(seal_rest_z1, [b0]);
-seal_rest_zmm_on!(seal_rest_z2, [b0, b1]);
-seal_rest_zmm_on!(seal_rest_z4, [b0, b1, b2, b3]);
+seal_rest_on!("aes", __m128i, 1, widen1, join1, _mm_xor_si128, rounds_xmm, "aesenc",
+    "aesenclast", seal_rest2: [b0, b1], seal_rest4: [b0, b1, b2, b3],
+    seal_rest8: [b0, b1, b2, b3, b4, b5, b6, b7]);
+seal_rest_on!("aes,avx512f,vaes", __m512i, 4, widen4, join4, _mm512_xor_si512, rounds_zmm,
+    "vaesenc", "vaesenclast", seal_rest_z1: [b0], seal_rest_z2: [b0, b1],
+    seal_rest_z4: [b0, b1, b2, b3]);
 
 /// [`seal`] with VAES: sixteen lanes, lanes `2m` and `2m + 1` in the two halves of register
 /// `m`.
@@ -825,6 +782,18 @@ fn widen(keys: &[__m128i; 15]) -> [__m256i; 15] {
 #[target_feature(enable = "avx512f")]
 fn widen4(keys: &[__m128i; 15]) -> [__m512i; 15] {
     keys.map(|k| _mm512_broadcast_i32x4(k))
+}
+
+/// The round keys as they are: a 128-bit register holds one block ([`seal_rest_on`]).
+#[inline(always)]
+fn widen1(keys: &[__m128i; 15]) -> [__m128i; 15] {
+    *keys
+}
+
+/// One block in its own register: [`join4`] for 128-bit registers ([`seal_rest_on`]).
+#[inline(always)]
+fn join1([a]: [__m128i; 1]) -> __m128i {
+    a
 }
 
 /// Four blocks in the quarters of one 512-bit register, the first lowest.
