@@ -56,11 +56,7 @@ fn file_cipher() -> FileCipher {
 
 /// Two-layer sealing through `chunkd::crypto`, one thread.
 pub fn seal_rate(time: Duration) -> f64 {
-    let fc = file_cipher();
-    let mut buf = vec![7u8; BUFFER];
-    rate(time, &mut buf, BATCH, |seg, p| {
-        fc.seal_segments(1, 1, seg, std::hint::black_box(p))
-    })
+    sealing(time, BUFFER, BATCH)
 }
 
 /// Bytes sealed per call by [`seal_small_rate`]: a small file, or the last batch of a chunk
@@ -69,9 +65,15 @@ pub const SMALL: usize = 100_000;
 
 /// Two-layer sealing through `chunkd::crypto`, one thread, [`SMALL`] bytes per call.
 pub fn seal_small_rate(time: Duration) -> f64 {
+    sealing(time, SMALL * 10, SMALL)
+}
+
+/// Two-layer sealing through `chunkd::crypto`, one thread, in `piece`-sized calls over a
+/// buffer of `len` bytes.
+fn sealing(time: Duration, len: usize, piece: usize) -> f64 {
     let fc = file_cipher();
-    let mut buf = vec![7u8; SMALL * 10];
-    rate(time, &mut buf, SMALL, |seg, p| {
+    let mut buf = vec![7u8; len];
+    rate(time, &mut buf, piece, |seg, p| {
         fc.seal_segments(1, 1, seg, std::hint::black_box(p))
     })
 }
