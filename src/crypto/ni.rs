@@ -313,7 +313,7 @@ pub(super) fn seal_groups(
 /// Seals, in place, what [`seal_groups`] leaves of a buffer: fewer whole segments than a group
 /// and a shorter last one, a lane each, in the same lockstep (`ivs(l)` gives lane `l`'s IVs).
 /// Small files and the last batch of most chunks end this way. Through the `aes` crate, calls
-/// of 100 kB (six whole segments and a part) sealed at 1.6-2.3 GB/s per core, against 7.6-8.6
+/// of 100 kB (six whole segments and a part) sealed at 1.6-2.3 GB/s per core, against 7.6-8.5
 /// for whole batches; on 128-bit registers here at 2.7-2.8, on 512-bit ones at 4.9-5.6
 /// (BENCHMARKS.md, round 11).
 ///
