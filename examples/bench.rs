@@ -263,7 +263,6 @@ fn run(args: Args) -> Result<(), String> {
         figs: Figures::default(),
         probe_tool,
     };
-    bench.warm_page_cache()?;
     for r in 0..bench.args.runs {
         eprintln!("bench: run {}/{}", r + 1, bench.args.runs);
         bench.one_run(r)?;
@@ -383,9 +382,16 @@ impl Bench {
         Ok(Scratch(d))
     }
 
-    /// Writes and removes as many bytes as the largest phase, once: on this VM the first write
-    /// into never-touched memory costs several times a normal one (dd shows 0.5 GB/s the first
-    /// time, 4-5 GB/s after), and that should not land on whichever scenario runs first.
+    /// Writes and removes as many bytes as the largest phase, right before every measured
+    /// upload and download phase and `dd`, so that each server starts from the same memory: freshly
+    /// freed, not yet handed back to the host. On this VM, memory freed for a few seconds goes
+    /// back to the host (free page reporting in 8 MiB blocks, and a DAMON `pageout` scheme), and
+    /// the first touch of it afterwards costs several times a normal one (dd shows 0.5 GB/s the
+    /// first time, 4-5 GB/s after). How much of it a phase meets depended on the phases before:
+    /// rustus, which takes fresh memory for every chunk, ran at 1.5-2.2 GB/s (0.54-0.79
+    /// CPU-s/GiB) on its own and at 0.5-0.7 GB/s (1.7-2.7 CPU-s/GiB) right after @tus/server
+    /// (BENCHMARKS.md, round 13). Warming before each phase takes that history out of the
+    /// comparison; it is outside the phase's clock and CPU counts.
     fn warm_page_cache(&self) -> Result<(), String> {
         use std::io::Write;
         let path = self.tmp.join("warm-up.bin");
@@ -533,6 +539,7 @@ impl Bench {
         if self.on("dd") {
             let dir = self.scratch("dd", run)?;
             let mb = self.plan.bytes().div_ceil(1 << 20);
+            self.warm_page_cache()?;
             match baselines::dd_fdatasync(&dir, mb) {
                 Some(r) => {
                     eprintln!("  dd conv=fdatasync: {:.0} MB/s", r / 1e6);
@@ -654,6 +661,7 @@ impl Bench {
         name: &str,
         load: impl std::future::Future<Output = Result<Upload, String>>,
     ) -> Result<Upload, String> {
+        self.warm_page_cache()?;
         let (cpu0, ccpu0) = (server.cpu_seconds(), client_cpu());
         let up = self
             .rt
@@ -744,6 +752,7 @@ impl Bench {
         name: &str,
         paths: Vec<String>,
     ) -> Result<(), String> {
+        self.warm_page_cache()?;
         let reset = server.reset_peak_rss();
         let (cpu0, ccpu0) = (server.cpu_seconds(), client_cpu());
         let (bytes, secs) = self
